@@ -1,0 +1,167 @@
+"""`Aligner`: the Python API (feels like the official `Qwen3ForcedAligner`, answers in seconds).
+
+    aligner = Aligner.from_pretrained("Qwen/Qwen3-ForcedAligner-0.6B")   # or a local folder
+    words = aligner.align(audio="a.flac", text="Hello world.", language="English")[0]
+
+`align` batches internally, and an utterance's result does not depend on the batch it lands in.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+import numpy as np
+
+from corpus_aligner import cpu_blas
+from corpus_aligner.audio import load_audio
+from corpus_aligner.batching import pack_batches
+from corpus_aligner.checkpoint import CheckpointInfo, load_model, read_config, resolve
+from corpus_aligner.decode import decode_words
+from corpus_aligner.errors import AudioError, TooLongError
+from corpus_aligner.frontend import log_mel
+from corpus_aligner.model import ForcedAligner
+from corpus_aligner.model.encoder import audio_token_count, plan_batch
+from corpus_aligner.normalize import split_words
+from corpus_aligner.prompt import PromptBuilder, SpecialIds, load_tokenizer, pad_prompts
+from corpus_aligner.records import AlignedWord
+
+log = logging.getLogger(__name__)
+
+AudioInput = str | Path | tuple[np.ndarray, int]
+DEFAULT_BATCH_POSITIONS = {"cpu": 8192, "gpu": 131072}
+
+
+class Aligner:
+    def __init__(
+        self,
+        model: ForcedAligner,
+        prompts: PromptBuilder,
+        checkpoint: CheckpointInfo,
+        encoder_attention: str = "windowed",
+        batch_positions: int | None = None,
+    ):
+        self.model = model
+        self.prompts = prompts
+        self.checkpoint = checkpoint
+        self.encoder_attention = encoder_attention
+        device = "gpu" if mx.default_device() == mx.gpu else "cpu"
+        self.batch_positions = batch_positions or DEFAULT_BATCH_POSITIONS[device]
+        self.args = model.args
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path_or_repo_id: str | Path,
+        *,
+        encoder_attention: str = "windowed",
+        dtype: str | None = None,
+        revision: str | None = None,
+        pretokenizer: str = "qwen2",
+        batch_positions: int | None = None,
+    ) -> Aligner:
+        """Load a local folder as is, or download a repo id with `huggingface_hub.snapshot_download`.
+
+        encoder_attention: "windowed" (8-s windows, how the model is served; default) or "full" (what the
+        official code does on the CPU). dtype: None picks per device (float32 on the CPU), or one of
+        "float32", "float16", "bfloat16". pretokenizer: "qwen2" (default) or "mistral" (model.md §10 D2).
+        """
+        if encoder_attention not in ("windowed", "full"):
+            raise ValueError(f"encoder_attention must be 'windowed' or 'full', got {encoder_attention!r}")
+        cpu_blas.ensure_fast_blas()
+        info = resolve(path_or_repo_id, revision)
+        config = read_config(info.path)
+        model = load_model(info.path, dtype=dtype)
+        a = model.args
+        ids = SpecialIds(a.audio_start_token_id, a.audio_token_id, a.audio_end_token_id, a.timestamp_token_id)
+        if "timestamp_token_id" not in config:
+            raise ValueError(f"{info.path}/config.json has no timestamp_token_id: not a forced-aligner checkpoint")
+        prompts = PromptBuilder(load_tokenizer(info.path, pretokenizer), ids)
+        return cls(model, prompts, info, encoder_attention, batch_positions)
+
+    # ----- sizes -------------------------------------------------------------------------------
+    @property
+    def max_duration_s(self) -> float:
+        """Last representable time: classify_num ticks of 80 ms (400 s for the released model)."""
+        return self.args.classify_num * self.args.timestamp_segment_time_ms / 1000.0
+
+    def audio_tokens(self, n_frames: int) -> int:
+        return audio_token_count(n_frames, self.args.encoder.chunk_frames)
+
+    def sequence_length(self, n_frames: int, tokens: Sequence[str]) -> int:
+        """Decoder positions one utterance costs: use it as the batch-packing length."""
+        return self.prompts.sequence_length(self.audio_tokens(n_frames), tokens)
+
+    # ----- alignment ---------------------------------------------------------------------------
+    def align_features(
+        self, features: Sequence[np.ndarray], words: Sequence[Sequence[str]]
+    ) -> list[list[AlignedWord]]:
+        """Align exactly these utterances in one forward pass.
+
+        features: log-mel (n_frames, 128) per utterance (`frontend.log_mel`); words: the cleaned words
+        (`normalize.split_words`). Returns the aligned words of each utterance, in order.
+        """
+        if len(features) != len(words):
+            raise ValueError(f"{len(features)} feature arrays but {len(words)} word lists")
+        if not features:
+            return []
+        for feat in features:
+            if feat.shape[0] < 1:
+                raise AudioError("audio shorter than one mel frame (10 ms): nothing to align")
+            if feat.shape[0] * 0.01 > self.max_duration_s:
+                raise TooLongError(
+                    f"audio of {feat.shape[0] / 100:.1f} s is longer than the model's {self.max_duration_s:.0f} s"
+                )
+        plan = plan_batch(list(features), self.args.encoder, self.encoder_attention)
+        prompts = [self.prompts.build(n, w) for n, w in zip(plan.tokens_per_clip, words)]
+        if all(len(p.slots) == 0 for p in prompts):
+            return [[] for _ in prompts]
+        input_ids, audio_src, slots = pad_prompts(prompts, self.args.audio_end_token_id)
+        logits = self.model(mx.array(input_ids), mx.array(audio_src), mx.array(slots), plan)
+        logits = logits.astype(mx.float32)
+        classes = mx.argmax(logits, axis=-1)
+        top = mx.max(logits, axis=-1, keepdims=True)
+        probs = 1.0 / mx.sum(mx.exp(logits - top), axis=-1)
+        mx.eval(classes, probs)
+        classes_np, probs_np = np.array(classes), np.array(probs)
+        return [
+            decode_words(w, classes_np[b, : len(p.slots)], probs_np[b, : len(p.slots)], self.args.timestamp_segment_time_ms)
+            for b, (w, p) in enumerate(zip(words, prompts))
+        ]
+
+    def align(
+        self,
+        audio: AudioInput | Sequence[AudioInput],
+        text: str | Sequence[str],
+        language: str | None | Sequence[str | None] = None,
+    ) -> list[list[AlignedWord]]:
+        """Align utterances; a bare item is one utterance. `language` may be one value for all.
+
+        Audio items are a path or `(samples, sample_rate)`; any rate and channel count. Returns, per
+        utterance, its words with `.text`, `.start_s`, `.end_s` (seconds) in order.
+        """
+        audios = [audio] if _is_single_audio(audio) else list(audio)  # type: ignore[arg-type]
+        texts = [text] if isinstance(text, str) else list(text)
+        if len(audios) != len(texts):
+            raise ValueError(f"{len(audios)} audio items but {len(texts)} texts")
+        languages = [language] * len(texts) if language is None or isinstance(language, str) else list(language)
+        if len(languages) != len(texts):
+            raise ValueError(f"{len(languages)} languages but {len(texts)} texts")
+        features = [log_mel(load_audio(a)) for a in audios]  # type: ignore[arg-type]
+        words = [split_words(t, lang) for t, lang in zip(texts, languages)]
+        lengths = [self.sequence_length(f.shape[0], w) for f, w in zip(features, words)]
+        results: list[list[AlignedWord]] = [[] for _ in texts]
+        for batch in pack_batches(lengths, self.batch_positions):
+            out = self.align_features([features[i] for i in batch], [words[i] for i in batch])
+            for i, res in zip(batch, out):
+                results[i] = res
+        return results
+
+
+def _is_single_audio(audio: Any) -> bool:
+    if isinstance(audio, (str, Path)):
+        return True
+    return isinstance(audio, tuple) and len(audio) == 2 and isinstance(audio[0], np.ndarray)

@@ -1,0 +1,233 @@
+"""The one loading path: resolve (folder or repo id) -> config + tokenizer -> weights -> model.
+
+Reads the official layout (`Qwen/Qwen3-ForcedAligner-0.6B`: `thinker.*` keys, bf16) and the 4-bit MLX
+layout of `aufklarer/Qwen3-ForcedAligner-0.6B-4bit` (same keys; decoder linears and `embed_tokens` as
+uint32 codes + fp16 scales/biases, group 64; conv weights in PyTorch layout), model.md §7-8. What is
+quantized follows the checkpoint: a layer is quantized exactly where `<name>.scales` exists.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from corpus_aligner.errors import CheckpointError
+from corpus_aligner.model import AlignerArgs, ForcedAligner
+from corpus_aligner.model.aligner import quantizable
+
+log = logging.getLogger(__name__)
+
+SIDE_FILES = (
+    "config.json",
+    "generation_config.json",
+    "preprocessor_config.json",
+    "tokenizer_config.json",
+    "vocab.json",
+    "merges.txt",
+    "chat_template.json",
+)
+DTYPES = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """Where the weights came from; `fingerprint` identifies them (hub commit, or a hash of the files)."""
+
+    source: str
+    path: Path
+    revision: str | None
+    fingerprint: str
+
+
+def resolve(path_or_repo: str | Path, revision: str | None = None) -> CheckpointInfo:
+    """A folder that exists is used as is; anything else is a Hugging Face repo id to download."""
+    path = Path(path_or_repo).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise CheckpointError(f"{path} is a folder but has no config.json: not a checkpoint folder")
+        return CheckpointInfo(str(path_or_repo), path.resolve(), revision, _hash_files(path))
+    repo_id = str(path_or_repo)
+    if path.suffix or repo_id.startswith((".", "/", "~")) or repo_id.count("/") != 1:
+        raise CheckpointError(f"checkpoint folder {path} does not exist (and it is not a repo id 'owner/name')")
+    try:
+        from huggingface_hub import snapshot_download
+
+        folder = Path(
+            snapshot_download(
+                repo_id,
+                revision=revision,
+                allow_patterns=["*.json", "*.safetensors", "merges.txt", "vocab.json"],
+            )
+        )
+    except Exception as exc:
+        raise CheckpointError(
+            f"cannot download the weights of '{repo_id}' from the Hugging Face Hub "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). "
+            f"Without network, fetch them elsewhere (`huggingface-cli download {repo_id} --local-dir DIR`) "
+            "and pass the local folder: Aligner.from_pretrained('DIR'), or model.path=DIR on the command line."
+        ) from exc
+    return CheckpointInfo(repo_id, folder, revision, f"hub:{repo_id}@{folder.name}")
+
+
+def _hash_files(folder: Path) -> str:
+    digest = hashlib.sha256()
+    for file in sorted(folder.glob("*.safetensors")) + [folder / "config.json"]:
+        digest.update(file.name.encode())
+        with file.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 22), b""):
+                digest.update(block)
+    return "sha256:" + digest.hexdigest()[:16]
+
+
+def read_config(folder: Path) -> dict[str, Any]:
+    return json.loads((folder / "config.json").read_text(encoding="utf-8"))
+
+
+def quantization_settings(folder: Path, config: dict[str, Any]) -> tuple[int, int]:
+    """(group_size, bits) from `quantize_config.json` (aufklarer) or `config["quantization"]`."""
+    qfile = folder / "quantize_config.json"
+    q = json.loads(qfile.read_text())["quantization"] if qfile.is_file() else config.get("quantization", {})
+    return int(q.get("group_size", 64)), int(q.get("bits", 4))
+
+
+def read_weights(folder: Path) -> dict[str, mx.array]:
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise CheckpointError(f"no *.safetensors weights in {folder}")
+    weights: dict[str, mx.array] = {}
+    for file in files:
+        weights.update(mx.load(str(file)))  # type: ignore[arg-type]
+    return weights
+
+
+def dequantize_weights(weights: dict[str, mx.array], group_size: int, bits: int) -> dict[str, mx.array]:
+    """Replace every (weight, scales, biases) triple by a float32 weight (the CPU path)."""
+    out = dict(weights)
+    for key in [k for k in weights if k.endswith(".scales")]:
+        base = key.removesuffix(".scales")
+        out[f"{base}.weight"] = mx.dequantize(
+            weights[f"{base}.weight"], weights[key], weights[f"{base}.biases"], group_size, bits
+        ).astype(mx.float32)
+        del out[key], out[f"{base}.biases"]
+    return out
+
+
+def load_model(folder: Path, dtype: str | None = None, device: str | None = None) -> ForcedAligner:
+    """Build the model and load the folder's weights strictly.
+
+    dtype None picks per device: the CPU computes everything in float32 (4-bit layers dequantized, as
+    half/4-bit matmuls are far slower there); a GPU keeps encoder/head in float16 and the decoder as the
+    checkpoint stores it (4-bit stays 4-bit, bf16 stays bf16). "float32"/"float16"/"bfloat16" force one
+    float dtype (4-bit layers stay quantized unless float32).
+    """
+    config = read_config(folder)
+    model = ForcedAligner(AlignerArgs.from_config(config))
+    weights = ForcedAligner.sanitize(read_weights(folder))
+    group_size, bits = quantization_settings(folder, config)
+    on_cpu = (device or default_device()) == "cpu"
+    if dtype is not None and dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)} or None, got {dtype!r}")
+    if dtype == "float32" or (dtype is None and on_cpu):
+        weights = dequantize_weights(weights, group_size, bits)
+    if any(k.endswith(".scales") for k in weights):
+        nn.quantize(
+            model,
+            group_size=group_size,
+            bits=bits,
+            class_predicate=lambda p, m: f"{p}.scales" in weights,  # type: ignore[arg-type]
+        )
+    model.load_weights(list(weights.items()), strict=True)
+    _cast(model, dtype, on_cpu, decoder_dtype_of(weights))
+    mx.eval(model.parameters())
+    model.eval()
+    return model
+
+
+def default_device() -> str:
+    return "gpu" if mx.default_device() == mx.gpu else "cpu"
+
+
+def decoder_dtype_of(weights: dict[str, mx.array]) -> mx.Dtype:
+    return weights["model.norm.weight"].dtype
+
+
+def _cast(model: ForcedAligner, dtype: str | None, on_cpu: bool, decoder_dtype: mx.Dtype) -> None:
+    """Cast float parameters; quantized codes (uint32) are never touched."""
+    if dtype is not None:
+        enc = dec = DTYPES[dtype]
+    elif on_cpu:
+        enc = dec = mx.float32
+    else:
+        enc = mx.float16
+        dec = decoder_dtype if decoder_dtype != mx.float32 else mx.bfloat16
+    for module, target in ((model.audio_tower, enc), (model.lm_head, enc), (model.model, dec)):
+        module.apply(lambda x, t=target: x.astype(t) if mx.issubdtype(x.dtype, mx.floating) else x)
+
+
+def save(
+    model: ForcedAligner,
+    folder: Path,
+    source: Path,
+    quantize_bits: int | None = None,
+    group_size: int = 64,
+) -> Path:
+    """Write `model` into `folder` in a layout `load_model` reads, copying config and tokenizer files.
+
+    quantize_bits None: the official layout, every tensor bf16. 4 (or 8): the aufklarer MLX layout,
+    decoder linears and embedding quantized (affine, `group_size`), the rest fp16, conv weights in PyTorch
+    layout, plus `quantize_config.json`.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in SIDE_FILES:
+        if (source / name).is_file() and (source / name).resolve() != (folder / name).resolve():
+            shutil.copyfile(source / name, folder / name)
+    params = dict(_flat(model.parameters()))
+    if quantize_bits is None:
+        tensors = {k: v.astype(mx.bfloat16) for k, v in params.items()}
+    else:
+        tensors = {}
+        for name, value in params.items():
+            base = name.removesuffix(".weight")
+            if name.startswith("model.") and name.endswith(".weight") and value.ndim == 2 and value.dtype != mx.uint32:
+                w, scales, biases = mx.quantize(value.astype(mx.float32), group_size, quantize_bits)
+                tensors[name] = w
+                tensors[f"{base}.scales"] = scales.astype(mx.float16)
+                tensors[f"{base}.biases"] = biases.astype(mx.float16)
+            elif name.endswith((".scales", ".biases")) and base + ".weight" in params:
+                tensors[name] = value.astype(mx.float16)
+            else:
+                tensors[name] = value if value.dtype == mx.uint32 else value.astype(mx.float16)
+        (folder / "quantize_config.json").write_text(
+            json.dumps(
+                {
+                    "quantization": {
+                        "group_size": group_size,
+                        "bits": quantize_bits,
+                        "quantized_components": ["text_decoder"],
+                        "float_components": ["audio_encoder", "classify_head", "norms"],
+                    }
+                },
+                indent=2,
+            )
+        )
+    mx.save_safetensors(
+        str(folder / "model.safetensors"), ForcedAligner.unsanitize(tensors), metadata={"format": "pt"}
+    )
+    return folder
+
+
+def _flat(tree: Any, prefix: str = "") -> list[tuple[str, mx.array]]:
+    from mlx.utils import tree_flatten
+
+    return tree_flatten(tree, prefix=prefix)  # type: ignore[return-value]
+
+
+__all__ = ["CheckpointInfo", "load_model", "quantizable", "read_config", "resolve", "save"]
