@@ -70,3 +70,32 @@ def run_official(folder: Path, audio: list, text: list[str], language: list[str]
     slot_logits = [logits[b][ids[b] == ts] for b in range(len(ids))]
     words = [[(it.text, it.start_time, it.end_time) for it in r] for r in results]
     return OracleRun(feats, enc, ids, slot_logits, words)
+
+
+def official_encoder(folder: Path, features: np.ndarray, windowed: bool) -> np.ndarray:
+    """The official audio tower on one clip's (n_frames, 128) features.
+
+    windowed=True applies the block mask the official code builds from its own `cu_seqlens` rule
+    (`_prepare_attention_mask`), i.e. what it computes under flash-attention; False is the CPU default
+    (full attention over the clip).
+    """
+    tower = official(str(folder)).model.thinker.audio_tower
+    originals = [layer.forward for layer in tower.layers]
+
+    def masked(original):
+        def forward(hidden_states, cu_seqlens, attention_mask=None, **kwargs):
+            mask = tower._prepare_attention_mask(hidden_states, cu_seqlens)
+            return original(hidden_states, cu_seqlens, attention_mask=mask, **kwargs)
+
+        return forward
+
+    try:
+        if windowed:
+            for layer, original in zip(tower.layers, originals):
+                layer.forward = masked(original)
+        with torch.no_grad():
+            out = tower(torch.from_numpy(features.T.copy()), feature_lens=torch.tensor([features.shape[0]]))
+    finally:
+        for layer, original in zip(tower.layers, originals):
+            layer.forward = original
+    return out.last_hidden_state.float().numpy()

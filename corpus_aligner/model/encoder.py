@@ -18,6 +18,7 @@ import numpy as np
 from corpus_aligner.model.args import EncoderArgs
 
 ENCODER_ATTENTION_MODES = ("windowed", "full")
+FP16_CLAMP = 65504.0 - 1000.0
 
 
 def conv_output_tokens(chunk_frames: np.ndarray | int) -> np.ndarray | int:
@@ -146,7 +147,10 @@ class AudioEncoderLayer(nn.Module):
 
     def __call__(self, x: mx.array, mask: mx.array | None) -> mx.array:
         x = x + self.self_attn(self.self_attn_layer_norm(x), mask)
-        return x + self.fc2(nn.gelu(self.fc1(self.final_layer_norm(x))))
+        x = x + self.fc2(nn.gelu(self.fc1(self.final_layer_norm(x))))
+        if x.dtype == mx.float16:  # the official fp16 guard; a no-op in other dtypes
+            x = mx.clip(x, -FP16_CLAMP, FP16_CLAMP)
+        return x
 
 
 class AudioEncoder(nn.Module):
