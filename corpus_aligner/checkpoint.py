@@ -18,6 +18,7 @@ from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
+import numpy as np
 
 from corpus_aligner.errors import CheckpointError
 from corpus_aligner.model import AlignerArgs, ForcedAligner
@@ -55,7 +56,7 @@ def resolve(path_or_repo: str | Path, revision: str | None = None) -> Checkpoint
             raise CheckpointError(f"{path} is a folder but has no config.json: not a checkpoint folder")
         return CheckpointInfo(str(path_or_repo), path.resolve(), revision, _hash_files(path))
     repo_id = str(path_or_repo)
-    if path.suffix or repo_id.startswith((".", "/", "~")) or repo_id.count("/") != 1:
+    if repo_id.startswith((".", "/", "~")) or repo_id.count("/") != 1:
         raise CheckpointError(f"checkpoint folder {path} does not exist (and it is not a repo id 'owner/name')")
     try:
         from huggingface_hub import snapshot_download
@@ -197,10 +198,10 @@ def save(
         for name, value in params.items():
             base = name.removesuffix(".weight")
             if name.startswith("model.") and name.endswith(".weight") and value.ndim == 2 and value.dtype != mx.uint32:
-                w, scales, biases = mx.quantize(value.astype(mx.float32), group_size, quantize_bits)
-                tensors[name] = w
-                tensors[f"{base}.scales"] = scales.astype(mx.float16)
-                tensors[f"{base}.biases"] = biases.astype(mx.float16)
+                w, scales, biases = quantize_affine(np.array(value.astype(mx.float32)), group_size, quantize_bits)
+                tensors[name] = mx.array(w)
+                tensors[f"{base}.scales"] = mx.array(scales)
+                tensors[f"{base}.biases"] = mx.array(biases)
             elif name.endswith((".scales", ".biases")) and base + ".weight" in params:
                 tensors[name] = value.astype(mx.float16)
             else:
@@ -224,10 +225,38 @@ def save(
     return folder
 
 
+def quantize_affine(w: np.ndarray, group_size: int, bits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The converter's scheme (model.md §8): per group of `group_size` input columns scale = (max-min)/(2^bits-1)
+    (>= 1e-10), bias = min, q = clamp(round((w-min)/scale)) with the float32 scale; stored scale/bias fp16;
+    codes packed LSB first, 32/bits per uint32 (MLX's layout, so `mx.dequantize` reads it)."""
+    out_dim, in_dim = w.shape
+    if in_dim % group_size:
+        raise ValueError(f"input width {in_dim} is not a multiple of the group size {group_size}")
+    groups = w.reshape(out_dim, in_dim // group_size, group_size).astype(np.float32)
+    lo, hi = groups.min(-1), groups.max(-1)
+    levels = (1 << bits) - 1
+    scale = np.maximum((hi - lo) / levels, 1e-10).astype(np.float32)
+    q = np.clip(np.round((groups - lo[..., None]) / scale[..., None]), 0, levels).astype(np.uint32)
+    per_word = 32 // bits
+    q = q.reshape(out_dim, in_dim // per_word, per_word)
+    packed = np.zeros((out_dim, in_dim // per_word), dtype=np.uint32)
+    for j in range(per_word):
+        packed |= q[..., j] << np.uint32(bits * j)
+    return packed, scale.astype(np.float16), lo.astype(np.float16)
+
+
 def _flat(tree: Any, prefix: str = "") -> list[tuple[str, mx.array]]:
     from mlx.utils import tree_flatten
 
     return tree_flatten(tree, prefix=prefix)  # type: ignore[return-value]
 
 
-__all__ = ["CheckpointInfo", "load_model", "quantizable", "read_config", "resolve", "save"]
+__all__ = ["CheckpointInfo", "convert", "load_model", "quantizable", "read_config", "resolve", "save"]
+
+
+def convert(source: str | Path, dest: Path, bits: int | None = 4, group_size: int = 64) -> Path:
+    """Official checkpoint (folder or repo id) -> `dest` in the 4-bit (or 8-bit) MLX layout, or in the
+    official bf16 layout when `bits` is None. Goes through the same `load_model`/`save` as everything."""
+    info = resolve(source)
+    model = load_model(info.path, dtype="float32")
+    return save(model, Path(dest), source=info.path, quantize_bits=bits, group_size=group_size)
