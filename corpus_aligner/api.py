@@ -78,7 +78,9 @@ class Aligner:
         a = model.args
         ids = SpecialIds(a.audio_start_token_id, a.audio_token_id, a.audio_end_token_id, a.timestamp_token_id)
         if "timestamp_token_id" not in config:
-            raise ValueError(f"{info.path}/config.json has no timestamp_token_id: not a forced-aligner checkpoint")
+            raise ValueError(
+                f"{info.path}/config.json has no timestamp_token_id: not a forced-aligner checkpoint"
+            )
         prompts = PromptBuilder(load_tokenizer(info.path, pretokenizer), ids)
         return cls(model, prompts, info, encoder_attention, batch_positions)
 
@@ -113,7 +115,8 @@ class Aligner:
                 raise AudioError("audio shorter than one mel frame (10 ms): nothing to align")
             if feat.shape[0] * 0.01 > self.max_duration_s:
                 raise TooLongError(
-                    f"audio of {feat.shape[0] / 100:.1f} s is longer than the model's {self.max_duration_s:.0f} s"
+                    f"audio of {feat.shape[0] / 100:.1f} s is longer than the model's "
+                    f"{self.max_duration_s:.0f} s"
                 )
         plan = plan_batch(list(features), self.args.encoder, self.encoder_attention)
         prompts = [self.prompts.build(n, w) for n, w in zip(plan.tokens_per_clip, words)]
@@ -128,7 +131,12 @@ class Aligner:
         mx.eval(classes, probs)
         classes_np, probs_np = np.array(classes), np.array(probs)
         return [
-            decode_words(w, classes_np[b, : len(p.slots)], probs_np[b, : len(p.slots)], self.args.timestamp_segment_time_ms)
+            decode_words(
+                w,
+                classes_np[b, : len(p.slots)],
+                probs_np[b, : len(p.slots)],
+                self.args.timestamp_segment_time_ms,
+            )
             for b, (w, p) in enumerate(zip(words, prompts))
         ]
 
@@ -136,7 +144,7 @@ class Aligner:
         self,
         audio: AudioInput | Sequence[AudioInput],
         text: str | Sequence[str],
-        language: str | None | Sequence[str | None] = None,
+        language: str | Sequence[str | None] | None = None,
     ) -> list[list[AlignedWord]]:
         """Align utterances; a bare item is one utterance. `language` may be one value for all.
 
@@ -147,7 +155,9 @@ class Aligner:
         texts = [text] if isinstance(text, str) else list(text)
         if len(audios) != len(texts):
             raise ValueError(f"{len(audios)} audio items but {len(texts)} texts")
-        languages = [language] * len(texts) if language is None or isinstance(language, str) else list(language)
+        languages = (
+            [language] * len(texts) if language is None or isinstance(language, str) else list(language)
+        )
         if len(languages) != len(texts):
             raise ValueError(f"{len(languages)} languages but {len(texts)} texts")
         features = [log_mel(load_audio(a)) for a in audios]  # type: ignore[arg-type]

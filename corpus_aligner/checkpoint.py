@@ -57,7 +57,9 @@ def resolve(path_or_repo: str | Path, revision: str | None = None) -> Checkpoint
         return CheckpointInfo(str(path_or_repo), path.resolve(), revision, _hash_files(path))
     repo_id = str(path_or_repo)
     if repo_id.startswith((".", "/", "~")) or repo_id.count("/") != 1:
-        raise CheckpointError(f"checkpoint folder {path} does not exist (and it is not a repo id 'owner/name')")
+        raise CheckpointError(
+            f"checkpoint folder {path} does not exist (and it is not a repo id 'owner/name')"
+        )
     try:
         from huggingface_hub import snapshot_download
 
@@ -73,14 +75,15 @@ def resolve(path_or_repo: str | Path, revision: str | None = None) -> Checkpoint
             f"cannot download the weights of '{repo_id}' from the Hugging Face Hub "
             f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). "
             f"Without network, fetch them elsewhere (`huggingface-cli download {repo_id} --local-dir DIR`) "
-            "and pass the local folder: Aligner.from_pretrained('DIR'), or model.path=DIR on the command line."
+            "and pass the local folder: Aligner.from_pretrained('DIR'), or model.path=DIR on the command "
+            "line."
         ) from exc
     return CheckpointInfo(repo_id, folder, revision, f"hub:{repo_id}@{folder.name}")
 
 
 def _hash_files(folder: Path) -> str:
     digest = hashlib.sha256()
-    for file in sorted(folder.glob("*.safetensors")) + [folder / "config.json"]:
+    for file in [*sorted(folder.glob("*.safetensors")), folder / "config.json"]:
         digest.update(file.name.encode())
         with file.open("rb") as fh:
             for block in iter(lambda: fh.read(1 << 22), b""):
@@ -197,8 +200,15 @@ def save(
         tensors = {}
         for name, value in params.items():
             base = name.removesuffix(".weight")
-            if name.startswith("model.") and name.endswith(".weight") and value.ndim == 2 and value.dtype != mx.uint32:
-                w, scales, biases = quantize_affine(np.array(value.astype(mx.float32)), group_size, quantize_bits)
+            if (
+                name.startswith("model.")
+                and name.endswith(".weight")
+                and value.ndim == 2
+                and value.dtype != mx.uint32
+            ):
+                w, scales, biases = quantize_affine(
+                    np.array(value.astype(mx.float32)), group_size, quantize_bits
+                )
                 tensors[name] = mx.array(w)
                 tensors[f"{base}.scales"] = mx.array(scales)
                 tensors[f"{base}.biases"] = mx.array(biases)
@@ -226,9 +236,10 @@ def save(
 
 
 def quantize_affine(w: np.ndarray, group_size: int, bits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The converter's scheme (model.md §8): per group of `group_size` input columns scale = (max-min)/(2^bits-1)
-    (>= 1e-10), bias = min, q = clamp(round((w-min)/scale)) with the float32 scale; stored scale/bias fp16;
-    codes packed LSB first, 32/bits per uint32 (MLX's layout, so `mx.dequantize` reads it)."""
+    """The converter's scheme (model.md §8): per group of `group_size` input columns
+    scale = (max-min)/(2^bits-1) (>= 1e-10), bias = min, q = clamp(round((w-min)/scale)) with the
+    float32 scale; stored scale/bias fp16; codes packed LSB first, 32/bits per uint32 (MLX's layout,
+    so `mx.dequantize` reads it)."""
     out_dim, in_dim = w.shape
     if in_dim % group_size:
         raise ValueError(f"input width {in_dim} is not a multiple of the group size {group_size}")

@@ -27,7 +27,11 @@ def ensure_fast_blas() -> str | None:
     Returns the library path loaded, or None. Skipped on macOS (Accelerate is used there) and when
     CORPUS_ALIGNER_NO_OPENBLAS is set.
     """
-    if _state["loaded"] is not None or sys.platform == "darwin" or os.environ.get("CORPUS_ALIGNER_NO_OPENBLAS"):
+    if (
+        _state["loaded"] is not None
+        or sys.platform == "darwin"
+        or os.environ.get("CORPUS_ALIGNER_NO_OPENBLAS")
+    ):
         return _state["loaded"]
     path = os.environ.get("CORPUS_ALIGNER_OPENBLAS") or next(
         (p for p in OPENBLAS_CANDIDATES if os.path.exists(p)), None

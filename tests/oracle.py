@@ -33,7 +33,9 @@ def official(folder: str, attn: str = "sdpa") -> Qwen3ForcedAligner:
     )
 
 
-def run_official(folder: Path, audio: list, text: list[str], language: list[str], attn: str = "sdpa") -> OracleRun:
+def run_official(
+    folder: Path, audio: list, text: list[str], language: list[str], attn: str = "sdpa"
+) -> OracleRun:
     aligner = official(str(folder), attn)
     thinker = aligner.model.thinker
     feats: list[np.ndarray] = []

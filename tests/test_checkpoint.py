@@ -79,11 +79,11 @@ def test_quantized_layout_is_the_aufklarer_one(quantized):
     """4-bit file: decoder linears + embedding as uint32 codes with fp16 scales/biases, rest fp16."""
     raw = read_weights(quantized)
     scales = sorted(k for k in raw if k.endswith(".scales"))
-    expected = ["thinker.model.embed_tokens.scales"] + [
-        f"thinker.model.layers.{i}.{m}.scales"
-        for i in range(2)
-        for m in ("mlp.down_proj", "mlp.gate_proj", "mlp.up_proj")
-        + ("self_attn.k_proj", "self_attn.o_proj", "self_attn.q_proj", "self_attn.v_proj")
+    linears = ("mlp.down_proj", "mlp.gate_proj", "mlp.up_proj", "self_attn.k_proj")
+    linears += ("self_attn.o_proj", "self_attn.q_proj", "self_attn.v_proj")
+    expected = [
+        "thinker.model.embed_tokens.scales",
+        *(f"thinker.model.layers.{i}.{m}.scales" for i in range(2) for m in linears),
     ]
     assert scales == sorted(expected)
     q = raw["thinker.model.layers.0.mlp.down_proj.weight"]
@@ -91,7 +91,11 @@ def test_quantized_layout_is_the_aufklarer_one(quantized):
     s = raw["thinker.model.layers.0.mlp.down_proj.scales"]
     assert s.dtype == mx.float16 and s.shape == (64, 128 // 64)
     assert raw["thinker.audio_tower.conv2d1.weight"].shape == (8, 1, 3, 3)
-    floats = [k for k in raw if not k.endswith((".scales", ".biases")) and k.removesuffix(".weight") + ".scales" not in raw]
+    floats = [
+        k
+        for k in raw
+        if not k.endswith((".scales", ".biases")) and k.removesuffix(".weight") + ".scales" not in raw
+    ]
     assert floats and all(raw[k].dtype == mx.float16 for k in floats)
     config = json.loads((quantized / "quantize_config.json").read_text())["quantization"]
     assert config["bits"] == 4 and config["group_size"] == 64
@@ -112,7 +116,7 @@ def test_quantized_loads_quantized_exactly_where_scales_are(quantized):
 
 
 def test_quantized_weights_within_half_a_step(ckpt, quantized):
-    """Every dequantized 4-bit weight is within half a quantization step (+ fp16 rounding) of the float one."""
+    """Every dequantized 4-bit weight is within half a step (+ fp16 rounding) of the float one."""
     ref = dict(tree_flatten(load_model(ckpt).parameters()))
     raw = {k.removeprefix("thinker."): v for k, v in read_weights(quantized).items()}
     deq = dict(tree_flatten(load_model(quantized).parameters()))
@@ -120,7 +124,9 @@ def test_quantized_weights_within_half_a_step(ckpt, quantized):
         name = key.removesuffix(".scales") + ".weight"
         step = np.abs(np.repeat(np.array(raw[key].astype(mx.float32)), 64, axis=1))
         err = np.abs(np.array(deq[name]) - np.array(ref[name]))
-        bias = np.abs(np.repeat(np.array(raw[key.replace('.scales', '.biases')].astype(mx.float32)), 64, axis=1))
+        bias = np.abs(
+            np.repeat(np.array(raw[key.replace(".scales", ".biases")].astype(mx.float32)), 64, axis=1)
+        )
         fp16 = (15 * step + bias) * 2.0**-11  # scale and bias are stored in fp16
         assert (err <= step / 2 + fp16 + 1e-6).all(), name
 
@@ -151,8 +157,7 @@ def test_quantized_logits_close_to_float(ckpt, tmp_path):
 def test_repo_id_without_network_says_how_to_pass_a_folder(tmp_path):
     """No network: a repo id fails with a message naming the repo and how to pass a local folder."""
     code = (
-        "from corpus_aligner.checkpoint import resolve\n"
-        "resolve('aufklarer/Qwen3-ForcedAligner-0.6B-4bit')\n"
+        "from corpus_aligner.checkpoint import resolve\nresolve('aufklarer/Qwen3-ForcedAligner-0.6B-4bit')\n"
     )
     env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
@@ -167,5 +172,5 @@ def test_missing_folder_is_a_clear_error(tmp_path):
     with pytest.raises(CheckpointError, match="does not exist"):
         resolve(tmp_path / "nope")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(CheckpointError, match="no config.json"):
+    with pytest.raises(CheckpointError, match=r"no config\.json"):
         resolve(tmp_path / "empty")

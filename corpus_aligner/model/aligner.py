@@ -70,4 +70,3 @@ class ForcedAligner(nn.Module):
 def quantizable(path: str, module: nn.Module) -> bool:
     """What the 4-bit layout quantizes (model.md §8): decoder embedding and decoder linears only."""
     return path.startswith("model.") and isinstance(module, (nn.Linear, nn.Embedding))
-

@@ -21,8 +21,8 @@ ENCODER_ATTENTION_MODES = ("windowed", "full")
 FP16_CLAMP = 65504.0 - 1000.0
 
 
-def conv_output_tokens(chunk_frames: np.ndarray | int) -> np.ndarray | int:
-    """Tokens three stride-2 convs leave of a chunk of `l` frames: ceil(l/8), the official formula."""
+def conv_output_tokens(chunk_frames: np.ndarray) -> np.ndarray:
+    """Tokens three stride-2 convs leave of chunks of `l` frames: ceil(l/8), the official formula."""
     f = (chunk_frames - 1) // 2 + 1
     return ((f - 1) // 2 + 1 - 1) // 2 + 1
 
@@ -30,8 +30,8 @@ def conv_output_tokens(chunk_frames: np.ndarray | int) -> np.ndarray | int:
 def audio_token_count(n_frames: int, chunk_frames: int = 100) -> int:
     """N_a for a clip of `n_frames` mel frames (model.md §2.4): 13 per full chunk plus ceil(rest/8)."""
     full, rest = divmod(n_frames, chunk_frames)
-    per_chunk = int(conv_output_tokens(chunk_frames))
-    return full * per_chunk + (int(conv_output_tokens(rest)) if rest else 0)
+    per_chunk = int(conv_output_tokens(np.array(chunk_frames)))
+    return full * per_chunk + (int(conv_output_tokens(np.array(rest))) if rest else 0)
 
 
 @lru_cache(maxsize=8)
@@ -67,7 +67,7 @@ def plan_batch(features: list[np.ndarray], args: EncoderArgs, attention: str) ->
     if attention not in ENCODER_ATTENTION_MODES:
         raise ValueError(f"encoder attention must be one of {ENCODER_ATTENTION_MODES}, got {attention!r}")
     cf = args.chunk_frames
-    per_chunk = int(conv_output_tokens(cf))
+    per_chunk = int(conv_output_tokens(np.array(cf)))
     window = per_chunk * (args.n_window_infer // cf)
     chunk_list, lengths, masked, token_src, counts = [], [], [], [], []
     n_chunks = 0
@@ -176,7 +176,7 @@ class AudioEncoder(nn.Module):
             if lengths is not None:
                 lengths = (lengths - 1) // 2 + 1
                 keep = np.arange(x.shape[2])[None, :] < lengths[:, None]  # (N, W)
-                x = x * mx.array(keep[:, None, :, None]).astype(x.dtype)
+                x = x * mx.array(keep[:, None, :, None].astype(np.float32)).astype(x.dtype)  # type: ignore[arg-type]
         n, f, t, c = x.shape
         x = x.transpose(0, 2, 3, 1).reshape(n, t, c * f)  # feature index = channel * F + freq
         x = self.conv_out(x)

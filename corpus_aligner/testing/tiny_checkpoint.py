@@ -109,7 +109,9 @@ def _write(folder: Path, args: AlignerArgs, special_ids: dict[str, int], seed: i
     (folder / "tokenizer_config.json").write_text(json.dumps(_tokenizer_config(special_ids), indent=2))
     (folder / "preprocessor_config.json").write_text(json.dumps(PREPROCESSOR_CONFIG, indent=2))
     (folder / "generation_config.json").write_text(
-        json.dumps({"eos_token_id": [special_ids["<|endoftext|>"], special_ids["<|im_end|>"]], "do_sample": False})
+        json.dumps(
+            {"eos_token_id": [special_ids["<|endoftext|>"], special_ids["<|im_end|>"]], "do_sample": False}
+        )
     )
     model = ForcedAligner(args)
     model.update(_random_parameters(model, seed))
@@ -125,7 +127,7 @@ def _random_parameters(model: ForcedAligner, seed: int) -> dict[str, Any]:
     rng = np.random.default_rng(seed)
     out = []
     for name, value in tree_flatten(model.parameters()):
-        shape = value.shape
+        shape = tuple(value.shape)  # type: ignore[union-attr]
         if len(shape) == 1:
             base = 1.0 if name.endswith("weight") else 0.0
             arr = base + 0.1 * rng.standard_normal(shape, dtype=np.float32)
@@ -177,9 +179,18 @@ def _config(args: AlignerArgs, ids: dict[str, int]) -> dict[str, Any]:
         "timestamp_token_id": ids["<timestamp>"],
         "timestamp_segment_time": 80,
         "support_languages": [
-            "Chinese", "Cantonese", "English", "German", "Spanish", "French", "Italian", "Portuguese",
-            "Russian", "Korean", "Japanese",
-        ],  # fmt: skip
+            "Chinese",
+            "Cantonese",
+            "English",
+            "German",
+            "Spanish",
+            "French",
+            "Italian",
+            "Portuguese",
+            "Russian",
+            "Korean",
+            "Japanese",
+        ],
         "thinker_config": {
             "model_type": "qwen3_forced_aligner",
             "classify_num": args.classify_num,
@@ -197,7 +208,14 @@ def _config(args: AlignerArgs, ids: dict[str, int]) -> dict[str, Any]:
 
 
 def _tokenizer_config(ids: dict[str, int]) -> dict[str, Any]:
-    special = {"<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|audio_start|>", "<|audio_end|>", "<|audio_pad|>"}
+    special = {
+        "<|endoftext|>",
+        "<|im_start|>",
+        "<|im_end|>",
+        "<|audio_start|>",
+        "<|audio_end|>",
+        "<|audio_pad|>",
+    }
     decoder = {
         str(i): {"content": name, "lstrip": False, "normalized": False, "rstrip": False,
                  "single_word": False, "special": name in special}
@@ -207,7 +225,13 @@ def _tokenizer_config(ids: dict[str, int]) -> dict[str, Any]:
         "add_bos_token": False,
         "add_prefix_space": False,
         "added_tokens_decoder": decoder,
-        "additional_special_tokens": ["<|im_start|>", "<|im_end|>", "<|audio_start|>", "<|audio_end|>", "<|audio_pad|>"],
+        "additional_special_tokens": [
+            "<|im_start|>",
+            "<|im_end|>",
+            "<|audio_start|>",
+            "<|audio_end|>",
+            "<|audio_pad|>",
+        ],
         "bos_token": None,
         "clean_up_tokenization_spaces": False,
         "eos_token": "<|im_end|>",

@@ -1,0 +1,153 @@
+"""End-to-end parity of `Aligner.align` with the official `Qwen3ForcedAligner.align` (single calls), and
+batch invariance of our own batching.
+
+Run: python -m pytest -q tests/test_api.py
+Tolerances: log-mel features 1e-4 absolute; slot logits 2e-3 absolute (both float32). Final word times
+must be identical whenever every slot's top-1/top-2 margin in the oracle exceeds 10x the logit tolerance.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import soxr
+from oracle import run_official
+
+from corpus_aligner import Aligner
+from corpus_aligner.audio import load_audio
+from corpus_aligner.decode import decode_words
+from corpus_aligner.frontend import log_mel
+from corpus_aligner.normalize import split_words
+from corpus_aligner.testing.tiny_checkpoint import tiny_checkpoint
+
+DATA = Path(__file__).resolve().parents[2] / "shared/testdata"
+LOGIT_TOL = 2e-3
+FEATURE_TOL = 1e-4
+
+CASES = {
+    # name: (audio file, seconds to keep or None, transcript, language)
+    "en_1s": ("awkward/sample_rates/bobby_16bit_16khz.wav", None, "Bobby, it's three o'clock.", "English"),
+    "en_7s_not_160": (
+        "librispeech-mini/LibriSpeech/dev-clean-2/1988/24833/1988-24833-0000.flac",
+        None,
+        "THE TWO STRAY KITTENS GRADUALLY MAKE THEMSELVES AT HOME",
+        "English",
+    ),
+    "zh_1s_48k": ("multilingual/zh/chinese.flac", None, "砸自己的脚", "Chinese"),
+    "ja_7s": (
+        "multilingual/ja/japanese_slow.wav",
+        None,
+        "アカギツネさんは本を読んだことがたくさんありますけれども、読むべき本はまだまだいっぱい残っています。",
+        "Japanese",
+    ),
+    "ko_3s_44k_stereo": (
+        "awkward/sample_rates/LDC93S1_44k1_stereo.wav",
+        None,
+        "가마솥에 밥을 지었습니다. 안녕하세요.",
+        "Korean",
+    ),
+    "en_20s_full": (
+        "awkward/stereo/michaelandsickmichael.wav",
+        20.3,
+        "Michael and sick Michael talked for a long while about the weather and the well-known 3.5 tests",
+        "English",
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> Path:
+    return tiny_checkpoint(tmp_path_factory.mktemp("tiny"), seed=3)
+
+
+@pytest.fixture(scope="module")
+def aligner(ckpt) -> Aligner:
+    return Aligner.from_pretrained(ckpt, encoder_attention="full")
+
+
+def case_audio(name: str, tmp_path: Path) -> Path:
+    rel, seconds, _, _ = CASES[name]
+    path = DATA / rel
+    if seconds is None:
+        return path
+    x, sr = sf.read(path, dtype="float32", always_2d=True)
+    out = tmp_path / f"{name}.wav"
+    sf.write(out, x[: int(seconds * sr) + 37], sr)
+    return out
+
+
+def assert_same_alignment(ours, oracle_words, oracle_logits):
+    """Same words; same raw classes wherever the oracle's top-1/top-2 margin is clear; our decoding of the
+    oracle's classes gives its exact times; and our times are its times when every margin is clear."""
+    words = [w for w, _, _ in oracle_words]
+    assert [w.text for w in ours] == words
+    top2 = np.sort(oracle_logits, axis=-1)[:, -2:]
+    clear = (top2[:, 1] - top2[:, 0]) > 10 * LOGIT_TOL
+    classes = oracle_logits.argmax(-1)
+    raw = np.array([t for w in ours for t in (w.start_tick_raw, w.end_tick_raw)])
+    np.testing.assert_array_equal(raw[clear], classes[clear])
+    replay = decode_words(words, classes, np.ones(len(classes)), 80.0)
+    assert [(w.start_s, w.end_s) for w in replay] == [(s, e) for _, s, e in oracle_words]
+    if clear.all():
+        assert [(w.start_s, w.end_s) for w in ours] == [(s, e) for _, s, e in oracle_words]
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_single_call_matches_official(ckpt, aligner, tmp_path, name):
+    """Features, slot logits and final times of one utterance equal the official single call."""
+    _, _, text, language = CASES[name]
+    path = case_audio(name, tmp_path)
+    run = run_official(ckpt, [str(path)], [text], [language])
+    features = log_mel(load_audio(path))
+    assert features.shape == run.features[0].shape
+    np.testing.assert_allclose(features, run.features[0], atol=FEATURE_TOL, rtol=0)
+    words = split_words(text, language)
+    assert words == [w for w, _, _ in run.words[0]]
+    result = aligner.align(audio=str(path), text=text, language=language)
+    assert len(result) == 1
+    assert_same_alignment(result[0], run.words[0], run.slot_logits[0])
+    assert all(isinstance(w.start_s, float) and isinstance(w.end_s, float) for w in result[0])
+
+
+def test_array_input_at_24k_matches_official(ckpt, aligner):
+    """An (array, 24000) tuple is resampled like the official code and aligns the same."""
+    x, sr = sf.read(
+        DATA / "librispeech-mini/LibriSpeech/dev-clean-2/1988/24833/1988-24833-0000.flac", dtype="float32"
+    )
+    x24 = soxr.resample(x, sr, 24000).astype(np.float32)
+    text = "the two stray kittens gradually make themselves at home"
+    run = run_official(ckpt, [(x24, 24000)], [text], ["English"])
+    np.testing.assert_allclose(log_mel(load_audio((x24, 24000))), run.features[0], atol=FEATURE_TOL, rtol=0)
+    ours = aligner.align(audio=(x24, 24000), text=text, language="English")[0]
+    assert_same_alignment(ours, run.words[0], run.slot_logits[0])
+
+
+@pytest.mark.parametrize("attention", ["windowed", "full"])
+def test_batch_equals_single_calls(ckpt, tmp_path, attention):
+    """A mixed-length batch gives exactly the words and times of single calls (unlike the official batch)."""
+    aligner = Aligner.from_pretrained(ckpt, encoder_attention=attention)
+    names = sorted(CASES)
+    audio = [str(case_audio(n, tmp_path)) for n in names]
+    texts = [CASES[n][2] for n in names]
+    langs = [CASES[n][3] for n in names]
+    batched = aligner.align(audio=audio, text=texts, language=langs)
+    singles = [aligner.align(audio=a, text=t, language=lang)[0] for a, t, lang in zip(audio, texts, langs)]
+    assert timing(batched) == timing(singles)
+    small = Aligner.from_pretrained(ckpt, encoder_attention=attention, batch_positions=400)
+    assert timing(small.align(audio=audio, text=texts, language=langs)) == timing(singles)
+    probs = np.array([[w.start_prob, w.end_prob] for r in batched for w in r])
+    single_probs = np.array([[w.start_prob, w.end_prob] for r in singles for w in r])
+    np.testing.assert_allclose(probs, single_probs, atol=1e-4)
+
+
+def timing(results):
+    return [[(w.text, w.start_s, w.end_s, w.start_tick_raw, w.end_tick_raw) for w in r] for r in results]
+
+
+def test_empty_word_list_aligns_to_nothing(aligner, tmp_path):
+    """A transcript with nothing alignable gives an empty result, like the official code."""
+    path = case_audio("en_1s", tmp_path)
+    assert aligner.align(audio=str(path), text="... !!! —", language="English") == [[]]
