@@ -93,9 +93,7 @@ def log_mel(wave: np.ndarray) -> np.ndarray:
     if wave.ndim != 1:
         raise AudioError(f"log_mel needs a 1-D mono waveform, got shape {wave.shape}")
     if n_mel_frames(wave.shape[0]) < 1:
-        raise AudioError(
-            f"audio too short for one feature frame: {wave.shape[0]} samples, need at least {HOP_LENGTH}"
-        )
+        raise AudioError(f"audio too short for one feature frame: {wave.shape[0]} samples, need at least {HOP_LENGTH}")
     power = power_spectrogram(wave.astype(np.float32, copy=False))
     mel = power @ _filters_f32()  # (n, 128)
     log_spec = np.log10(np.maximum(mel, np.float32(_LOG_FLOOR)))
