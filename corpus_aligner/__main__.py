@@ -1,0 +1,3 @@
+from corpus_aligner.cli import main
+
+main()
