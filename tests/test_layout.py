@@ -1,0 +1,36 @@
+"""House rules that keep the data flow readable (style.md Part 2)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "corpus_aligner"
+MODEL_ALLOWED = {"mlx", "numpy", "corpus_aligner", "__future__", "dataclasses", "functools", "math", "typing"}
+
+
+def imported_roots(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    roots = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            roots.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            roots.add(node.module.split(".")[0])
+    return roots
+
+
+def test_model_code_does_no_io():
+    """corpus_aligner/model/ imports only mlx, numpy, its own args and pure stdlib helpers: no file I/O."""
+    for path in sorted((PACKAGE / "model").glob("*.py")):
+        extra = imported_roots(path) - MODEL_ALLOWED
+        assert not extra, f"{path.name} imports {sorted(extra)}"
+        assert "open(" not in path.read_text(encoding="utf-8"), path.name
+
+
+def test_library_never_imports_hydra():
+    """Only cli.py and config.py know about Hydra/OmegaConf; library code takes typed dataclasses."""
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path.name in {"cli.py", "config.py"}:
+            continue
+        assert not imported_roots(path) & {"hydra", "omegaconf"}, path.relative_to(PACKAGE)
