@@ -17,9 +17,23 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from corpus_aligner.errors import AudioError
+from corpus_aligner.containers import check_complete, describe_unreadable
+from corpus_aligner.errors import (
+    AudioError,
+    CorruptAudioError,
+    EmptyAudioError,
+    MissingAudioError,
+    NonFiniteAudioError,
+    SilentAudioError,
+    TruncatedAudioError,
+    UnsupportedAudioError,
+)
 
 SAMPLE_RATE_HZ = 16000
+# Header rates outside this range are corrupt headers, not recordings (pocketsphinx's awful.wav: 1,092,676 Hz).
+MIN_RATE_HZ, MAX_RATE_HZ = 4000, 768000
+# A peak at or below one 16-bit step (-90 dBFS) is digital silence: nothing to align to.
+SILENCE_PEAK = 2.0**-15
 # librosa 0.11 `resample(res_type="soxr_hq")` calls `soxr.resample(y, orig_sr, target_sr, quality="soxr_hq")`.
 _SOXR_QUALITY = "soxr_hq"
 # The official orientation rule: a 2-D array with at most this many rows (and more columns) is (C, T).
@@ -111,21 +125,52 @@ def prepare_waveform(x: np.ndarray, sr: int, channel: int | None = None) -> np.n
         mono = mono.astype(np.float32)
     bad = int(mono.size - np.count_nonzero(np.isfinite(mono)))
     if bad:
-        raise AudioError(f"audio contains {bad} non-finite sample(s) (NaN or inf) after downmixing")
+        raise NonFiniteAudioError(f"audio contains {bad} non-finite sample(s) (NaN or inf) after downmixing")
     return _peak_limit(resample(mono, int(sr)))
 
 
 def _read_file(path: str) -> tuple[np.ndarray, int]:
-    """Samples as float32 (T, C) and the rate; every failure becomes AudioError naming the path."""
+    """Samples as float32 (T, C) and the rate; every failure becomes AudioError naming the path.
+
+    Decoding fewer frames than the header states is an error (except MP3, whose header frame count is an
+    estimate; containers.check_complete judges MP3s by their frames).
+    """
     if not os.path.exists(path):
-        raise AudioError(f"{path}: file not found")
+        raise MissingAudioError(f"{path}: file not found")
     try:
-        data, sr = sf.read(path, dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
-        raise AudioError(f"{path}: cannot read audio ({exc})") from exc
+        with sf.SoundFile(path) as f:
+            expected, fmt, sr = f.frames, f.format, int(f.samplerate)
+            data = f.read(dtype="float32", always_2d=True)
+    except sf.LibsndfileError as exc:
+        raise _decode_error(path, exc) from exc
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise CorruptAudioError(f"{path}: cannot read audio ({exc})") from exc
     if data.shape[0] == 0:
-        raise AudioError(f"{path}: the file has 0 audio frames")
-    return data, int(sr)
+        raise EmptyAudioError(f"{path}: the file has 0 audio frames")
+    if fmt != "MP3" and data.shape[0] < expected:
+        raise TruncatedAudioError(
+            f"{path}: truncated: decoding gives {data.shape[0]} of the {expected} frames the header states"
+        )
+    return data, sr
+
+
+def _decode_error(path: str, exc: sf.LibsndfileError) -> AudioError:
+    """What went wrong, and where: open failures name the content; decode failures the time they stop at."""
+    try:
+        f = sf.SoundFile(path)
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError):
+        return UnsupportedAudioError(f"{path}: cannot read audio: {describe_unreadable(path)} ({exc})")
+    with f:
+        done = 0
+        try:
+            while f.read(f.samplerate, dtype="float32").shape[0]:
+                done = f.tell()
+        except sf.LibsndfileError:
+            pass
+        return CorruptAudioError(
+            f"{path}: cannot read audio ({exc}): decoding stops at {done / f.samplerate:.2f} s of the "
+            f"{f.frames / f.samplerate:.2f} s the header states: the file is truncated or corrupt"
+        )
 
 
 def load_audio(source: str | os.PathLike[str] | tuple[np.ndarray, int], channel: int | None = None) -> np.ndarray:
@@ -141,18 +186,18 @@ def load_audio(source: str | os.PathLike[str] | tuple[np.ndarray, int], channel:
         mono = _downmix_time_major(data, channel)
         return prepare_waveform(mono, sr)
     except AudioError as exc:
-        raise AudioError(f"{path}: {exc}") from exc
+        raise type(exc)(f"{path}: {exc}") from exc
 
 
 def probe_audio(path: str | os.PathLike[str]) -> AudioInfo:
     """Rate, channels, frames and duration from the header only (soundfile.info)."""
     path = os.fspath(path)
     if not os.path.exists(path):
-        raise AudioError(f"{path}: file not found")
+        raise MissingAudioError(f"{path}: file not found")
     try:
         info = sf.info(path)
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
-        raise AudioError(f"{path}: cannot read audio header ({exc})") from exc
+        raise UnsupportedAudioError(f"{path}: cannot read audio header: {describe_unreadable(path)} ({exc})") from exc
     frames, rate = int(info.frames), int(info.samplerate)
     return AudioInfo(
         path=path,
@@ -163,3 +208,42 @@ def probe_audio(path: str | os.PathLike[str]) -> AudioInfo:
         format=str(info.format),
         subtype=str(info.subtype),
     )
+
+
+def inspect_audio(path: str | os.PathLike[str]) -> AudioInfo:
+    """`probe_audio` and `check_header`: everything that needs no full decode."""
+    info = probe_audio(path)
+    check_header(info)
+    return info
+
+
+def check_header(info: AudioInfo) -> None:
+    """Raise unless the header is usable: a plausible rate, some frames, and a file as long as its header
+    says (RIFF/AIFF sizes, MPEG frames, a FLAC that can seek to its last frame)."""
+    if not MIN_RATE_HZ <= info.sample_rate_hz <= MAX_RATE_HZ:
+        raise CorruptAudioError(
+            f"{info.path}: the header's sample rate of {info.sample_rate_hz} Hz is implausible (expected "
+            f"{MIN_RATE_HZ}-{MAX_RATE_HZ} Hz): the header is corrupt"
+        )
+    if info.frames <= 0:
+        raise EmptyAudioError(f"{info.path}: the file has no audio frames (a header only)")
+    check_complete(info.path, info.format)
+    if info.format == "FLAC":  # seeking uses the FLAC frame index: a cut file fails at once, without decoding
+        try:
+            with sf.SoundFile(info.path) as f:
+                f.seek(info.frames - 1)
+                f.read(1, dtype="float32")
+        except sf.LibsndfileError as exc:
+            raise TruncatedAudioError(
+                f"{info.path}: truncated: the header states {info.duration_s:.2f} s but the last frame cannot be "
+                f"decoded ({exc or 'seek failed'}): the file is cut short or corrupt"
+            ) from exc
+
+
+def check_signal(wave: np.ndarray, what: str) -> None:
+    """Raise SilentAudioError when the prepared waveform is digital silence (`what` names it in the message)."""
+    peak = float(np.max(np.abs(wave))) if wave.size else 0.0
+    if peak <= SILENCE_PEAK:
+        raise SilentAudioError(
+            f"{what}: the audio is digital silence (peak {peak:.2g}, at most one 16-bit step): nothing to align"
+        )

@@ -26,7 +26,7 @@ from typing import Any
 import polars as pl
 
 from corpus_aligner.errors import AlignerError
-from corpus_aligner.writers import atomic_path
+from corpus_aligner.writers import atomic_path, stale_temporaries
 from corpus_aligner.writers.parquet import UTTERANCES_SCHEMA, WORDS_SCHEMA, read_parquet, write_parquet
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,24 @@ _PART = re.compile(r"^(words|utterances)-(\d{6})\.parquet$")
 
 
 class OutputMismatchError(AlignerError):
-    """The output folder already holds results of another corpus or model."""
+    """The output folder already holds results of another corpus, model or settings."""
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(data, dict):
+        return {prefix: data}
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def identity_changes(stored: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """'key: old -> new' for each setting that differs (flattened keys, e.g. 'align.long.window_s')."""
+    old, new = _flatten(stored), _flatten(now)
+    return [
+        f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)
+    ]
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -59,17 +76,24 @@ class OutputStore:
         return (m for p in sorted(folder.iterdir()) if (m := _PART.match(p.name)))
 
     def claim(self, identity: dict[str, Any]) -> None:
-        """Record what this folder holds; refuse to mix in results of another corpus or model."""
+        """Record what this folder holds; refuse to mix in results of another corpus, model or settings."""
         path = self.parts_dir / "identity.json"
         if path.exists():
             stored = json.loads(path.read_text(encoding="utf-8"))
-            if stored != json.loads(json.dumps(identity, default=str)):
+            changes = identity_changes(stored, json.loads(json.dumps(identity, default=str)))
+            if changes:
                 raise OutputMismatchError(
-                    f"{self.root} already holds results of another corpus or model:\n  there: {stored}\n"
-                    f"  now:   {identity}\nPass another output.dir=... (or delete that folder) to start afresh."
+                    f"{self.root} already holds results of another corpus, model or settings "
+                    f"({'; '.join(changes)}): pass another output.dir=... (or delete that folder) to start afresh"
                 )
             return
         write_json(path, identity)
+
+    def remove_stale_temporaries(self) -> None:
+        """Delete the temporaries that killed runs on this host left in the folder (never a finished file)."""
+        for path in stale_temporaries(self.root):
+            log.warning("removing %s: a temporary of a run that was killed while writing it", path)
+            path.unlink(missing_ok=True)
 
     def committed(self) -> list[tuple[Path, Path]]:
         """(words part, utterances part) of every committed batch, all shards, in a stable order."""

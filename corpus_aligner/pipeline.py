@@ -1,9 +1,11 @@
-"""The corpus runner: read -> probe -> normalize -> pack batches -> align -> write, then merge and report.
+"""The corpus runner: read -> probe -> normalize -> pack batches -> load -> align -> write, then merge and report.
 
 The only module that loops over a corpus, and the only place that catches the package's errors per
 utterance: every input utterance ends as exactly one row of utterances.parquet, aligned or failed with
 its stage, error type and message. Results are committed per batch (outputs.py), so a crash loses at
-most the batch in flight and a rerun over the same output folder resumes.
+most the batch in flight and a rerun over the same output folder resumes; Ctrl-C (or SIGTERM) stops
+after the batch in flight. Recordings longer than `align.long.threshold_s` are aligned window by
+window (longform.py), each in a batch of its own.
 """
 
 from __future__ import annotations
@@ -22,24 +24,22 @@ import numpy as np
 from tqdm import tqdm
 
 from corpus_aligner.api import Aligner
-from corpus_aligner.audio import SAMPLE_RATE_HZ, AudioInfo, load_audio, probe_audio
+from corpus_aligner.audio import SAMPLE_RATE_HZ, probe_audio
 from corpus_aligner.batching import pack_batches, padding_fraction
-from corpus_aligner.config import AppConfig, ModelConfig
-from corpus_aligner.corpus import Utterance, corpus_identity, read_corpus, select_shard
-from corpus_aligner.errors import AlignerError, AudioError, CorpusReadError, TooLongError, TranscriptError
+from corpus_aligner.config import AlignConfig, AppConfig
+from corpus_aligner.corpus import Utterance
+from corpus_aligner.errors import AlignerError
 from corpus_aligner.frontend import log_mel, n_mel_frames
-from corpus_aligner.normalize import Word, canonical_language, split_transcript
-from corpus_aligner.outputs import OutputStore, run_info, write_json
-from corpus_aligner.report import build_report, format_report
-from corpus_aligner.writers import atomic_path
-from corpus_aligner.writers.parquet import utterance_row, utterances_frame, word_rows, words_frame
+from corpus_aligner.longform import Aligned, AlignFn, Window, align_windows, is_long, recover_tail
+from corpus_aligner.normalize import Word
+from corpus_aligner.quality import collapsed_tail, flagged_share, word_flags
+from corpus_aligner.records import AlignedWord, PlacedWord
+from corpus_aligner.session import GracefulStop, Session
+from corpus_aligner.stages import Probed, known_duration, load_wave, normalize, probe
+from corpus_aligner.writers.parquet import Outcome, utterance_row, utterances_frame, word_rows, words_frame
 from corpus_aligner.writers.textgrid import write_textgrid
 
 log = logging.getLogger(__name__)
-
-MIN_DURATION_S = 0.02  # shorter clips give no usable features (model.md §1.2)
-# A manifest `duration` may overshoot the file by rounding; beyond this it is an error.
-SEGMENT_TOLERANCE_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -47,10 +47,18 @@ class Prepared:
     """An utterance that passed probe and normalize: ready to be batched."""
 
     utt: Utterance
-    info: AudioInfo
-    duration_s: float
+    probed: Probed
     words: list[Word]
     length: int  # decoder positions (the batch-packing length)
+    long: bool  # aligned window by window
+
+    @property
+    def duration_s(self) -> float:
+        return self.probed.duration_s
+
+    def failed(self, stage: str, error: AlignerError) -> dict[str, Any]:
+        probed = self.probed
+        return utterance_row(self.utt, probed.info, probed.duration_s, failure=(stage, error), warnings=probed.warnings)
 
 
 @dataclass
@@ -60,95 +68,53 @@ class RunResult:
     report_text: str
     n_skipped: int  # already in the output folder (resumed)
     timings_s: dict[str, float] = field(default_factory=dict)
+    interrupted: bool = False
+    n_done: int = 0  # utterances in the output folder at the end
+    n_total: int = 0  # utterances of this shard
 
 
-def load_aligner(cfg: ModelConfig) -> Aligner:
-    """The configured weights; with `random_tiny`, generate the tiny random checkpoint first."""
-    if cfg.random_tiny:
-        folder = Path(cfg.path)
-        if not (folder / "config.json").is_file():
-            from corpus_aligner.testing.tiny_checkpoint import tiny_checkpoint
+def prepare(
+    utterances: list[Utterance], cfg: AlignConfig, tick_s: float, aligner: Aligner | None = None
+) -> tuple[list[Prepared], list[dict[str, Any]]]:
+    """Stages read, probe and normalize for every utterance; those that fail become failed rows.
 
-            tiny_checkpoint(folder, seed=cfg.tiny_seed)
-        log.warning("model=tiny: a tiny checkpoint with RANDOM weights (%s); the times are MEANINGLESS", folder)
-    return Aligner.from_pretrained(
-        cfg.path, encoder_attention=cfg.encoder_attention, dtype=cfg.dtype, revision=cfg.revision
-    )
-
-
-def segment_duration(utt: Utterance, info: AudioInfo) -> float:
-    """Seconds of audio the utterance spans; raises when its segment is not inside the file."""
-    if info.frames <= 0 or not info.duration_s > 0:
-        raise AudioError(f"{utt.audio_path}: the file has no audio frames")
-    available = info.duration_s - utt.offset_s
-    if available <= 0:
-        raise AudioError(f"offset {utt.offset_s} s is beyond the end of {utt.audio_path} ({info.duration_s:.3f} s)")
-    duration = available if utt.duration_s is None else utt.duration_s
-    if duration > available + SEGMENT_TOLERANCE_S:
-        raise AudioError(
-            f"segment {utt.offset_s}+{duration} s runs past the end of {utt.audio_path} ({info.duration_s:.3f} s)"
-        )
-    return min(duration, available)
-
-
-def check_duration(duration_s: float, max_duration_s: float) -> None:
-    if duration_s < MIN_DURATION_S:
-        raise AudioError(f"{duration_s * 1000:.0f} ms of audio is too short to align")
-    if duration_s > max_duration_s:
-        raise TooLongError(
-            f"{duration_s:.1f} s of audio is longer than the {max_duration_s:.0f} s the model can time "
-            "(5000 classes x 80 ms); split the recording into shorter utterances"
-        )
-
-
-def normalize(utt: Utterance, duration_s: float, tick_s: float) -> list[Word]:
-    """The transcript's words as the model sees them, each with the original text it came from."""
-    words = split_transcript(utt.text, canonical_language(utt.language))
-    if not words:
-        if not utt.text.strip():
-            raise TranscriptError("transcript is empty")
-        raise TranscriptError(f"transcript {utt.text!r} has no alignable words (no letters or digits)")
-    slots = int(duration_s / tick_s)
-    if len(words) > max(slots, 1):
-        raise TranscriptError(
-            f"{len(words)} words cannot fit {duration_s:.2f} s of audio ({slots} slots of {tick_s * 1000:.0f} ms): "
-            "does the transcript belong to this audio?"
-        )
-    return words
-
-
-def load_features(p: Prepared) -> np.ndarray:
-    """Log-mel features of the utterance's span of its audio file."""
-    wave = load_audio(p.utt.audio_path)
-    if p.utt.offset_s or p.utt.duration_s is not None:
-        start = round(p.utt.offset_s * SAMPLE_RATE_HZ)
-        wave = wave[start : start + round(p.duration_s * SAMPLE_RATE_HZ)]
-    return log_mel(wave)
-
-
-def prepare(utterances: list[Utterance], aligner: Aligner) -> tuple[list[Prepared], list[dict[str, Any]]]:
-    """Probe and normalize every utterance; those that fail become failed rows."""
-    tick_ms = aligner.args.timestamp_segment_time_ms
+    Without an aligner (mode=validate) the packing length is 0.
+    """
     prepared: list[Prepared] = []
     failed: list[dict[str, Any]] = []
     for utt in utterances:
-        info, duration, stage = None, None, "read"
+        info, probed, stage = None, None, "read"
         try:
             if utt.read_error:
-                raise CorpusReadError(utt.read_error)
+                raise utt.read_error
             stage = "probe"
             info = probe_audio(utt.audio_path)
-            duration = segment_duration(utt, info)
-            check_duration(duration, aligner.max_duration_s)
+            probed = probe(utt, info, cfg, tick_s)
             stage = "normalize"
-            words = normalize(utt, duration, tick_ms / 1000.0)
+            words = normalize(utt, probed.duration_s, tick_s)
         except AlignerError as exc:
-            failed.append(utterance_row(utt, info, duration, failure=(stage, exc)))
+            duration = probed.duration_s if probed else known_duration(utt, info)
+            warnings = probed.warnings if probed else ()
+            failed.append(utterance_row(utt, info, duration, failure=(stage, exc), warnings=warnings))
             continue
-        n_frames = n_mel_frames(round(duration * SAMPLE_RATE_HZ))
-        length = aligner.sequence_length(n_frames, [w.token for w in words])
-        prepared.append(Prepared(utt, info, duration, words, length))
+        long = is_long(probed.duration_s, cfg.long)
+        length = 0
+        if aligner is not None and not long:
+            n_frames = n_mel_frames(round(probed.duration_s * SAMPLE_RATE_HZ))
+            length = aligner.sequence_length(n_frames, [w.token for w in words])
+        prepared.append(Prepared(utt, probed, words, length, long))
     return prepared, failed
+
+
+def load_waves(items: list[Prepared]) -> tuple[list[tuple[Prepared, np.ndarray]], list[dict[str, Any]]]:
+    """Stage load: each item's samples, or its failed row."""
+    ready, failed = [], []
+    for p in items:
+        try:
+            ready.append((p, load_wave(p.utt, p.probed)))
+        except AlignerError as exc:
+            failed.append(p.failed("load", exc))
+    return ready, failed
 
 
 def align_items(aligner: Aligner, items: list[Prepared], features: list) -> list[Any]:
@@ -168,11 +134,22 @@ def align_items(aligner: Aligner, items: list[Prepared], features: list) -> list
     return results
 
 
+def window_aligner(aligner: Aligner, wave: np.ndarray) -> AlignFn:
+    """One model pass per window of `wave` (the utterance's 16 kHz samples)."""
+
+    def align(window: Window, tokens: list[str] | Any) -> list[AlignedWord]:
+        a, b = round(window.start_s * SAMPLE_RATE_HZ), round(window.end_s * SAMPLE_RATE_HZ)
+        return aligner.align_features([log_mel(wave[a:b])], [list(tokens)])[0]
+
+    return align
+
+
 class BatchRunner:
     """Aligns batches of prepared utterances and turns them into rows and TextGrids."""
 
-    def __init__(self, aligner: Aligner, output_dir: Path, textgrids: bool):
-        self.aligner, self.output_dir, self.textgrids = aligner, output_dir, textgrids
+    def __init__(self, aligner: Aligner, output_dir: Path, textgrids: bool, cfg: AlignConfig):
+        self.aligner, self.output_dir, self.textgrids, self.cfg = aligner, output_dir, textgrids, cfg
+        self.tick_s = aligner.args.timestamp_segment_time_ms / 1000.0
         self.timings: dict[str, float] = defaultdict(float)
 
     @contextmanager
@@ -186,32 +163,64 @@ class BatchRunner:
     def run(self, items: list[Prepared]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         word_rows_out: list[dict[str, Any]] = []
         utt_rows: list[dict[str, Any]] = []
-        ready, features = [], []
-        with self.timed("features"):
-            for p in items:
-                try:
-                    features.append(load_features(p))
-                    ready.append(p)
-                except AlignerError as exc:
-                    utt_rows.append(utterance_row(p.utt, p.info, p.duration_s, failure=("load", exc)))
+        with self.timed("load"):
+            ready, failed = load_waves(items)
+        utt_rows.extend(failed)
         with self.timed("align"):
-            try:
-                results = align_items(self.aligner, ready, features) if ready else []
-            except AlignerError as exc:
-                results = [exc]
+            results = self.align(ready)
         with self.timed("write"):
-            for p, result in zip(ready, results):
+            for (p, _), result in zip(ready, results):
                 if isinstance(result, AlignerError):
-                    utt_rows.append(utterance_row(p.utt, p.info, p.duration_s, failure=("align", result)))
+                    utt_rows.append(p.failed("align", result))
                     continue
-                rows = word_rows(
-                    p.utt.utt_id, p.utt.speaker, p.utt.recording, p.words, result, p.duration_s,
-                    self.aligner.args.timestamp_segment_time_ms,
-                )  # fmt: skip
-                textgrid = self.write_textgrid(p, rows) if self.textgrids else None
-                word_rows_out.extend(rows)
-                utt_rows.append(utterance_row(p.utt, p.info, p.duration_s, len(rows), textgrid=textgrid))
+                words, row = self.rows(p, result)
+                word_rows_out.extend(words)
+                utt_rows.append(row)
         return word_rows_out, utt_rows
+
+    def align(self, ready: list[tuple[Prepared, np.ndarray]]) -> list[Aligned | AlignerError]:
+        """Short utterances in one batched pass (then tail recovery one by one), long ones window by window."""
+        rules, low = self.cfg.long, self.cfg.low_probability
+        results: list[Aligned | AlignerError] = []
+        short = [(p, w) for p, w in ready if not p.long]
+        single: list[list[AlignedWord] | AlignerError]
+        try:
+            single = align_items(self.aligner, [p for p, _ in short], [log_mel(w) for _, w in short]) if short else []
+        except AlignerError as exc:
+            single = [exc] * len(short)
+        by_id = {p.utt.utt_id: r for (p, _), r in zip(short, single)}
+        for p, wave in ready:
+            tokens = [w.token for w in p.words]
+            try:
+                if p.long:
+                    aligner = window_aligner(self.aligner, wave)
+                    results.append(align_windows(aligner, tokens, p.duration_s, rules, low, self.tick_s))
+                    continue
+                first = by_id[p.utt.utt_id]
+                if isinstance(first, AlignerError):
+                    raise first
+                placed = [PlacedWord(a, 0, 0.0, p.duration_s) for a in first]
+                again = recover_tail(
+                    placed, window_aligner(self.aligner, wave), tokens, p.duration_s, rules, low, self.tick_s
+                )
+                results.append(Aligned(again.placed, 1 + again.windows))
+            except AlignerError as exc:
+                results.append(exc)
+        return results
+
+    def rows(self, p: Prepared, result: Aligned) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        flags = word_flags(result.placed, self.tick_s, self.cfg.low_probability, self.cfg.long.collapse_min_words)
+        rows = word_rows(p.utt.utt_id, p.utt.speaker, p.utt.recording, p.words, result.placed, flags)
+        textgrid = self.write_textgrid(p, rows) if self.textgrids else None
+        spans = [(r["start_s"], r["end_s"]) for r in rows]
+        outcome = Outcome(
+            n_words=len(rows),
+            windows=result.windows,
+            flagged_share=flagged_share(flags),
+            collapsed_tail_words=collapsed_tail(spans, self.cfg.long.collapse_min_words),
+            textgrid=textgrid,
+        )
+        return rows, utterance_row(p.utt, p.probed.info, p.duration_s, outcome, warnings=p.probed.warnings)
 
     def write_textgrid(self, p: Prepared, rows: list[dict[str, Any]]) -> str:
         name = p.utt.utt_id.replace("/", "_").replace("\\", "_") + ".TextGrid"
@@ -232,63 +241,49 @@ def progress_bar(total_s: float, enabled: bool) -> tqdm:
     )
 
 
+def plan_batches(prepared: list[Prepared], cfg: AppConfig) -> list[list[int]]:
+    """Long recordings one per batch (longest first), then the short ones packed by padded cost."""
+    long = sorted((i for i, p in enumerate(prepared) if p.long), key=lambda i: -prepared[i].duration_s)
+    short = [i for i, p in enumerate(prepared) if not p.long]
+    packed = pack_batches([prepared[i].length for i in short], cfg.batch.budget_positions, cfg.batch.max_utterances)
+    return [[i] for i in long] + [[short[k] for k in batch] for batch in packed]
+
+
 def run(cfg: AppConfig) -> RunResult:
-    """Align the configured corpus (or this shard of it) into cfg.output.dir; resumes what is there."""
-    started = perf_counter()
-    output_dir = Path(cfg.output.dir).expanduser()
-    utterances = select_shard(read_corpus(cfg.corpus), cfg.shard.index, cfg.shard.count)
-    t_load = perf_counter()
-    aligner = load_aligner(cfg.model)
-    t_load = perf_counter() - t_load
-    store = OutputStore(output_dir, cfg.shard.index, cfg.shard.count)
-    store.claim(
-        {
-            "corpus": corpus_identity(cfg.corpus),
-            "model": aligner.checkpoint.fingerprint,
-            "dtype": cfg.model.dtype,
-            "encoder_attention": cfg.model.encoder_attention,
-        }
-    )
-    done = store.completed_ids()
-    todo = [u for u in utterances if u.utt_id not in done]
-    info = run_info(cfg, aligner.checkpoint, len(utterances), len(utterances) - len(todo))
-    write_json(store.run_json, {**info, "status": "running"})
+    """Align the configured corpus (or this shard of it) into cfg.output.dir; resumes what is there.
 
-    runner = BatchRunner(aligner, output_dir, cfg.output.textgrid)
-    with runner.timed("prepare"):
-        prepared, failed = prepare(todo, aligner)
-    store.write_batch(words_frame([]), utterances_frame(failed))
-    lengths = [p.length for p in prepared]
-    batches = pack_batches(lengths, cfg.batch.budget_positions, cfg.batch.max_utterances)
-    audio_s = sum(p.duration_s for p in prepared)
-    loop_start, done_s = perf_counter(), 0.0
-    with progress_bar(audio_s, cfg.output.progress) as bar:
-        for batch in batches:
-            items = [prepared[i] for i in batch]
-            words, utts = runner.run(items)
-            store.write_batch(words_frame(words), utterances_frame(utts))
-            batch_s = sum(p.duration_s for p in items)
-            done_s += batch_s
-            bar.set_postfix_str(f"RTF {(perf_counter() - loop_start) / done_s:.3f}", refresh=False)
-            bar.update(batch_s / 3600)
+    A first Ctrl-C/SIGTERM stops before the next batch; the result then says `interrupted`."""
+    session = Session.open(cfg)
+    aligner, store = session.aligner, session.store
+    runner = BatchRunner(aligner, session.output_dir, cfg.output.textgrid, cfg.align)
+    with GracefulStop() as stop:
+        with runner.timed("prepare"):
+            prepared, failed = prepare(session.todo, cfg.align, runner.tick_s, aligner)
+        store.write_batch(words_frame([]), utterances_frame(failed))
+        batches = plan_batches(prepared, cfg)
+        audio_s = sum(p.duration_s for p in prepared)
+        loop_start, done_s, n_batches = perf_counter(), 0.0, 0
+        with progress_bar(audio_s, cfg.output.progress) as bar:
+            for batch in batches:
+                if stop.requested:
+                    break
+                items = [prepared[i] for i in batch]
+                words, utts = runner.run(items)
+                store.write_batch(words_frame(words), utterances_frame(utts))
+                n_batches += 1
+                batch_s = sum(p.duration_s for p in items)
+                done_s += batch_s
+                bar.set_postfix_str(f"RTF {(perf_counter() - loop_start) / max(done_s, 1e-9):.3f}", refresh=False)
+                bar.update(batch_s / 3600)
     loop_s = perf_counter() - loop_start
-
-    with store.lock():
-        words_df, utts_df = store.merge()
-        timings = {"load_model": t_load, **runner.timings, "batches": loop_s}
-        timings["total"] = perf_counter() - started
-        this_run = {
-            "utterances_processed": len(todo),
-            "audio_s_processed": audio_s,
-            "batches": len(batches),
-            "padding_fraction": padding_fraction(lengths, batches) if batches else 0.0,
-            "throughput_audio_s_per_s": audio_s / loop_s if loop_s > 0 else None,
-            "wall_s": timings["total"],
-        }
-        report = build_report(words_df, utts_df, this_run)
-        text = format_report(report)
-        write_json(output_dir / "report.json", report)
-        with atomic_path(output_dir / "report.txt") as tmp:
-            tmp.write_text(text + "\n", encoding="utf-8")
-    write_json(store.run_json, {**info, "status": "finished", "timings_s": timings, "this_run": this_run})
-    return RunResult(output_dir, report, text, len(utterances) - len(todo), timings)
+    lengths = [p.length for p in prepared]
+    short_batches = [b for b in batches if not prepared[b[0]].long]
+    this_run = {
+        "utterances_processed": len(failed) + sum(len(b) for b in batches[:n_batches]),
+        "audio_s_processed": done_s,
+        "batches": n_batches,
+        "padding_fraction": padding_fraction(lengths, short_batches) if short_batches else 0.0,
+        "throughput_audio_s_per_s": done_s / loop_s if loop_s > 0 else None,
+    }
+    timings = {**runner.timings, "batches": loop_s}
+    return session.finish(this_run, timings, interrupted=n_batches < len(batches))

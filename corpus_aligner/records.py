@@ -36,3 +36,36 @@ class AlignedWord:
     def probability(self) -> float:
         """Confidence of the word: the smaller of its two slot probabilities."""
         return min(self.start_prob, self.end_prob)
+
+
+@dataclass(frozen=True, slots=True)
+class PlacedWord:
+    """An AlignedWord from one model pass over [offset_s, limit_s] of an utterance (seconds from its start).
+
+    The pass is a window of a long recording (longform.py), or the whole utterance (window 0, offset 0,
+    limit = duration). `word` keeps the pass's own times; `start_s`/`end_s` are utterance times (rounded
+    to ms, as the official `_offset_align_result` does, then clamped to [floor_s, limit_s]): `floor_s` is the
+    end of the words already placed before this pass (at least `offset_s`), so times never go back.
+    """
+
+    word: AlignedWord
+    window: int
+    offset_s: float
+    limit_s: float
+    floor_s: float = 0.0
+
+    def _clamp(self, t: float) -> float:
+        return min(max(round(self.offset_s + t, 3), self.offset_s, self.floor_s), self.limit_s)
+
+    @property
+    def start_s(self) -> float:
+        return self._clamp(self.word.start_s)
+
+    @property
+    def end_s(self) -> float:
+        return self._clamp(self.word.end_s)
+
+    @property
+    def beyond_end(self) -> bool:
+        """The model put a time after the end of the audio it was given (then clamped)."""
+        return max(self.word.start_s, self.word.end_s) > round(self.limit_s - self.offset_s, 3)

@@ -135,3 +135,23 @@ def test_shards_through_a_hydra_multirun(tmp_path: Path, tiny_checkpoint_dir: Pa
     shares = [json.loads(p.read_text())["utterances_in_shard"] for p in sorted(out.glob("run-shard-*.json"))]
     assert sum(shares) == len(corpus.expected) and min(shares) > 0
     check_outputs(out, corpus.expected, read_with_praat)
+
+
+def test_validate_mode_checks_the_corpus_without_weights(tmp_path: Path) -> None:
+    """`mode=validate` needs no model (none can be downloaded here): it exits 0 and lists every problem the
+    run would meet before the model, at the same stages."""
+    corpus = tiny_librispeech(tmp_path / "corpus", bad_cases=True)
+    run_dir = tmp_path / "run"
+    done = run_cli(run_dir, "mode=validate", f"corpus.root={corpus.root}", "model.path=someone/missing-aligner",
+                   env={"HF_HUB_OFFLINE": "1"})  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    n_bad = sum(v != "aligned" for v in corpus.expected.values())
+    assert (
+        f"validated {len(corpus.expected)} utterances: {len(corpus.expected) - n_bad} valid, {n_bad} would fail"
+        in done.stdout
+    )
+    assert "    900-1-0004 [load] SilentAudioError:" in done.stdout
+    table = pl.read_parquet(run_dir / "validation.parquet")
+    assert dict(zip(table["utt_id"], table["failure_stage"].fill_null("aligned"))) == corpus.expected
+    assert not (run_dir / "words.parquet").exists() and not (run_dir / "parts").exists()
+    assert json.loads((run_dir / "validation.json").read_text())["failed"] == n_bad

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf.errors import MissingMandatoryValue
 
 from corpus_aligner.cli import CONF_DIR, register_configs, to_app_config
-from corpus_aligner.config import AppConfig, LibriSpeechConfig, ManifestConfig
+from corpus_aligner.config import AlignConfig, AppConfig, LibriSpeechConfig, LongformConfig, ManifestConfig
 
 
 def load(*overrides: str) -> AppConfig:
@@ -69,6 +70,24 @@ def test_misspelt_or_mistyped_keys_fail_at_start_up(overrides: list[str]) -> Non
         load(*overrides)
 
 
+def test_align_settings_are_frozen_and_overridable() -> None:
+    """Every config is a frozen dataclass, yet `align.long.window_s=...` overrides it from the command line
+    (Hydra composes against mutable twins, config.hydra_schema)."""
+    cfg = load("align.channel=1", "align.long.window_s=30", "align.long.threshold_s=90", "mode=validate")
+    assert (cfg.align.channel, cfg.align.long.window_s, cfg.align.long.threshold_s, cfg.mode) == (
+        1,
+        30.0,
+        90.0,
+        "validate",
+    )
+    assert cfg.align.long.tail_s == LongformConfig().tail_s  # untouched keys keep the schema's default
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.align.long.window_s = 10.0  # type: ignore[misc]
+    assert load().align == AlignConfig() and load().mode == "align"
+    with pytest.raises(ConfigCompositionException):
+        load("align.long.window=30")
+
+
 def test_manifest_without_path_is_missing() -> None:
     """corpus.path is required for corpus=manifest (MISSING in the schema)."""
     with pytest.raises(MissingMandatoryValue, match="path"):
@@ -82,6 +101,12 @@ def test_manifest_without_path_is_missing() -> None:
         (["batch.max_utterances=0"], "batch"),
         (["model.encoder_attention=sparse"], "encoder_attention"),
         (["corpus=manifest", "corpus.path=x.jsonl", "corpus.format=xml"], "corpus.format"),
+        (["mode=check"], "mode must be align or validate"),
+        (["align.channel=-1"], "align.channel"),
+        (["align.low_probability=2"], "align.low_probability"),
+        (["align.long.tail_s=60"], "tail_s < window_s"),
+        (["align.long.window_s=500"], "window_s <= 400"),
+        (["align.long.collapse_min_words=1"], "collapse_min_words >= 2"),
     ],
 )
 def test_values_checked_beyond_types(overrides: list[str], message: str) -> None:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile as sf
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -13,8 +16,10 @@ from corpus_aligner.config import LibriSpeechConfig, ManifestConfig
 from corpus_aligner.corpus import SAMPLE_ROOT, Utterance, read_corpus, select_shard, shard_of, unique_ids
 from corpus_aligner.corpus.librispeech import read_librispeech
 from corpus_aligner.corpus.manifest import read_manifest
-from corpus_aligner.errors import CorpusReadError
+from corpus_aligner.errors import CorpusReadError, ManifestRowError, MissingTranscriptError, TranscriptEncodingError
 from corpus_aligner.testing import tiny_librispeech, tiny_manifest
+from corpus_aligner.testing.tiny_corpus import write_tone
+from corpus_aligner.writers.parquet import utterance_row, utterances_frame, write_parquet
 
 TESTDATA = Path(__file__).resolve().parents[2] / "shared" / "testdata"
 SAMPLE_IDS = [
@@ -106,13 +111,14 @@ def test_manifest_rows_that_cannot_be_used_become_failed_utterances(tmp_path: Pa
     ]
     manifest.write_text("\n".join(rows) + "\n", encoding="utf-8")
     utts = read_manifest(manifest, language="English")
-    assert [(u.utt_id, u.read_error) for u in utts] == [
+    assert [(u.utt_id, u.read_error and str(u.read_error)) for u in utts] == [
         ("x", None),
         ("m-line2", "line 2 is not valid JSON (Expecting property name enclosed in double quotes)"),
         ("y", "line 3 has no text"),
         ("z", "line 4: offset must be a finite number >= 0, got -1"),
         ("m-line6", "line 6 is not a JSON object"),
     ]
+    assert {type(u.read_error).__name__ for u in utts if u.read_error} == {"ManifestRowError"}
     assert utts[0].language == "de"
 
 
@@ -148,3 +154,78 @@ def test_unique_ids_keeps_every_row() -> None:
     out = unique_ids(utts)
     assert [u.utt_id for u in out] == ["a", "a#3", "a#2", "a#4"]
     assert [u.read_error is not None for u in out] == [False, True, False, True]
+
+
+def write_chapter(root: Path, lines: bytes, *utt_ids: str) -> Path:
+    folder = root / "dev" / "1" / "1"
+    folder.mkdir(parents=True, exist_ok=True)
+    for utt_id in utt_ids:
+        write_tone(folder / f"{utt_id}.flac", 0.5)
+    (folder / "1-1.trans.txt").write_bytes(lines)
+    return folder
+
+
+def test_a_transcript_line_that_is_not_utf8_fails_alone(tmp_path: Path) -> None:
+    """One Latin-1 line costs one utterance (TranscriptEncodingError naming line and byte), not the chapter;
+    its text keeps U+FFFD where the byte was, so it can still be written to Parquet."""
+    write_chapter(tmp_path, b"1-1-0000 GOOD LINE\r\n1-1-0001 CAF\xc9 AU LAIT\r\n1-1-0002 ALSO GOOD\r\n",
+                  "1-1-0000", "1-1-0001", "1-1-0002")  # fmt: skip
+    utts = {u.utt_id: u for u in read_librispeech(tmp_path)}
+    assert [k for k, u in utts.items() if u.read_error] == ["1-1-0001"]
+    error = utts["1-1-0001"].read_error
+    assert isinstance(error, TranscriptEncodingError)
+    assert str(error).startswith("line 2 of 1-1.trans.txt is not valid UTF-8 (byte 0xC9 at character 13)")
+    assert utts["1-1-0001"].text == "CAF\ufffd AU LAIT" and utts["1-1-0002"].text == "ALSO GOOD"
+    frame = utterances_frame([utterance_row(u, failure=("read", u.read_error)) for u in utts.values() if u.read_error])
+    assert frame["transcript"].to_list() == ["CAF\ufffd AU LAIT"]
+
+
+@pytest.mark.parametrize("encoding", ["utf-8-sig", "utf-16"])
+def test_transcripts_with_a_byte_order_mark(tmp_path: Path, encoding: str) -> None:
+    write_chapter(tmp_path, "1-1-0000 ÜBER ALLES\n".encode(encoding), "1-1-0000")
+    (utt,) = read_librispeech(tmp_path)
+    assert (utt.utt_id, utt.text, utt.read_error) == ("1-1-0000", "ÜBER ALLES", None)
+
+
+def test_unreadable_transcript_file_and_undecodable_file_names(tmp_path: Path) -> None:
+    """A trans.txt that cannot be read fails its chapter's audio at read (the corpus goes on); a file name
+    with bytes that are not UTF-8 gets an id with U+FFFD instead of crashing the Parquet writer."""
+    folder = write_chapter(tmp_path, b"", "1-1-0000")
+    (folder / "1-1.trans.txt").unlink()
+    (folder / "1-1.trans.txt").mkdir()  # reading it raises IsADirectoryError
+    other = tmp_path / "dev" / "2" / "2"
+    other.mkdir(parents=True)
+    odd = os.fsencode(other) + b"/2-2-caf\xe9.flac"
+    sf.write(odd, np.zeros(8000, dtype=np.int16) + 1, 16000)
+    (other / "2-2.trans.txt").write_text("2-2-0000 NO AUDIO\n")
+    utts = {u.utt_id: u for u in read_librispeech(tmp_path)}
+    assert sorted(utts) == ["1-1-0000", "2-2-0000", "2-2-caf\ufffd"]
+    assert isinstance(utts["1-1-0000"].read_error, MissingTranscriptError)
+    assert "cannot read transcript file" in str(utts["1-1-0000"].read_error)
+    assert "no transcript line for" in str(utts["2-2-caf\ufffd"].read_error)
+    rows = [utterance_row(u, failure=("read", u.read_error)) for u in utts.values() if u.read_error]
+    write_parquet(utterances_frame(rows), tmp_path / "u.parquet")
+    assert os.path.exists(utts["2-2-caf\ufffd"].audio_path)  # the real (undecodable) path still opens
+
+
+def test_manifest_rows_not_utf8_crlf_and_channels(tmp_path: Path) -> None:
+    """CSV with CRLF endings: a Latin-1 row fails at read, a `channel` column picks a channel per row."""
+    manifest = tmp_path / "m.csv"
+    manifest.write_bytes(
+        b"audio_filepath,text,channel,utt_id\r\na.flac,fine,1,a\r\nb.flac,caf\xe9,,b\r\nc.flac,x,left,c\r\n"
+        b"d.flac,y,-1,d\r\ne.flac,z,,e\r\n"
+    )
+    utts = {u.utt_id: u for u in read_manifest(manifest)}
+    assert (utts["a"].channel, utts["a"].read_error, utts["e"].channel) == (1, None, None)
+    assert isinstance(utts["b"].read_error, TranscriptEncodingError) and utts["b"].text == "caf\ufffd"
+    assert str(utts["c"].read_error) == "line 4: channel must be a channel index >= 0, got 'left'"
+    assert isinstance(utts["d"].read_error, ManifestRowError)
+    jsonl = tmp_path / "m.jsonl"
+    jsonl.write_bytes(
+        b'{"audio_filepath": "a.flac", "text": "ok", "channel": 0}\r\n'
+        b'{"audio_filepath": "b.flac", "text": "x", "channel": true}\r\n'
+    )
+    assert [(u.channel, type(u.read_error).__name__) for u in read_manifest(jsonl)] == [
+        (0, "NoneType"),
+        (None, "ManifestRowError"),
+    ]

@@ -55,18 +55,25 @@ def test_every_utterance_ends_once_at_its_expected_stage(
 
 
 def test_broken_librispeech_tree_from_testdata(tmp_path: Path, tiny_checkpoint_dir: Path, read_with_praat) -> None:
-    """Real defects: no trans.txt, a truncated FLAC (header fine, decoding fails), a line without audio."""
+    """Real defects: no trans.txt, a truncated FLAC (header fine, its last frame missing), a line without audio,
+    an empty text, audio without a line; each fails at its stage with its own error type."""
     root = TESTDATA / "awkward/librispeech-broken/LibriSpeech"
     pipeline.run(config(root, tmp_path / "out", tiny_checkpoint_dir))
     expected = {
         "1988-24833-0000": "read", "1988-24833-0001": "read", "2412-153948-0000": "aligned",
-        "2412-153948-0001": "aligned", "2412-153948-0002": "load", "2412-153948-0003": "probe",
+        "2412-153948-0001": "aligned", "2412-153948-0002": "probe", "2412-153948-0003": "probe",
         "3752-4944-0000": "normalize", "3752-4944-0001": "read", "3752-4944-0002": "aligned",
     }  # fmt: skip
     _, utts = check_outputs(tmp_path / "out", expected, read_with_praat)
+    types = dict(zip(utts["utt_id"], utts["error_type"]))
+    assert {k: v for k, v in types.items() if v} == {
+        "1988-24833-0000": "MissingTranscriptError", "1988-24833-0001": "MissingTranscriptError",
+        "2412-153948-0002": "TruncatedAudioError", "2412-153948-0003": "MissingAudioError",
+        "3752-4944-0000": "EmptyTranscriptError", "3752-4944-0001": "MissingTranscriptError",
+    }  # fmt: skip
     truncated = utts.row(by_predicate=pl.col("utt_id") == "2412-153948-0002", named=True)
-    assert truncated["error_type"] == "AudioError" and "cannot read audio" in truncated["error_message"]
-    assert truncated["duration_s"] == pytest.approx(3.72)  # probed before the decode failed
+    assert "2412-153948-0002.flac: truncated" in truncated["error_message"]
+    assert truncated["duration_s"] == pytest.approx(3.72)  # the header was read before the check failed
 
 
 def test_rerun_adds_nothing(tmp_path: Path, tiny_checkpoint_dir: Path, read_with_praat) -> None:
@@ -141,7 +148,7 @@ def test_output_folder_of_another_corpus_is_refused(tmp_path: Path, tiny_checkpo
     second = tiny_librispeech(tmp_path / "b", speakers=1, utterances=1, seed=1)
     pipeline.run(config(first.root, tmp_path / "out", tiny_checkpoint_dir))
     check_outputs(tmp_path / "out", first.expected, read_with_praat)
-    with pytest.raises(OutputMismatchError, match="another corpus or model"):
+    with pytest.raises(OutputMismatchError, match=r"another corpus, model or settings \(corpus\.root: "):
         pipeline.run(config(second.root, tmp_path / "out", tiny_checkpoint_dir))
     check_outputs(tmp_path / "out", first.expected, read_with_praat)  # untouched
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import polars as pl
@@ -11,13 +12,16 @@ from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 
 from corpus_aligner.normalize import Word
-from corpus_aligner.records import AlignedWord
-from corpus_aligner.writers import atomic_path
+from corpus_aligner.quality import word_flags
+from corpus_aligner.records import AlignedWord, PlacedWord
+from corpus_aligner.writers import atomic_path, stale_temporaries
 from corpus_aligner.writers.parquet import (
     UTTERANCES_SCHEMA,
+    VALIDATION_SCHEMA,
     WORDS_SCHEMA,
     read_parquet,
     utterances_frame,
+    validation_frame,
     word_rows,
     words_frame,
     write_parquet,
@@ -96,17 +100,22 @@ def aligned(start: float, end: float, ticks: tuple[int, int], probs=(0.9, 0.8)) 
     return AlignedWord("w", start, end, probs[0], probs[1], ticks[0], ticks[1])
 
 
+def placed_rows(words: list[Word], results: list[AlignedWord], duration_s: float, **kw) -> list[dict]:
+    placed = [PlacedWord(a, 0, 0.0, duration_s) for a in results]
+    flags = word_flags(placed, 0.08, kw.get("low", 0.5), kw.get("collapse", 4))
+    return word_rows("u1", "spk", "rec", words, placed, flags)
+
+
 def test_word_rows_flags() -> None:
     """Clamping, repair and identical-time flags, planted: each row's flags are known exactly."""
     words = [Word("Hello", "Hello,", 0), Word("big", "big", 1), Word("world", "world!", 2), Word("x", "x", 3)]
     results = [
         aligned(0.08, 0.24, (1, 3)),  # clean: raw ticks are the times
-        aligned(0.24, 0.24, (5, 3), (0.4, 0.7)),  # start repaired 0.4 -> 0.24; zero length
+        aligned(0.24, 0.24, (5, 3), (0.4, 0.7)),  # start repaired 0.4 -> 0.24; zero length; low probability
         aligned(0.24, 0.24, (3, 3)),  # identical to its neighbour, zero length, not repaired
         aligned(1.2, 2.0, (15, 25)),  # past the 1.5 s audio: clamped
     ]
-    rows = word_rows("u1", "spk", "rec", words, results, duration_s=1.5, tick_ms=80)
-    frame = words_frame(rows)
+    frame = words_frame(placed_rows(words, results, 1.5))
     assert frame.schema == pl.Schema(WORDS_SCHEMA)
     assert frame["word"].to_list() == ["Hello,", "big", "world!", "x"]
     assert frame["token"].to_list() == ["Hello", "big", "world", "x"]
@@ -114,28 +123,50 @@ def test_word_rows_flags() -> None:
     assert frame["end_s"].to_list() == [0.24, 0.24, 0.24, 1.5]
     assert frame["probability"].to_list() == pytest.approx([0.8, 0.4, 0.8, 0.8])
     assert frame["repaired"].to_list() == [False, True, False, False]
+    assert frame["repair_shift_s"].to_list() == pytest.approx([0.0, 0.16, 0.0, 0.0])
     assert frame["zero_length"].to_list() == [False, True, True, False]
     assert frame["identical_run"].to_list() == [False, True, True, False]
     assert frame["beyond_end"].to_list() == [False, False, False, True]
-    with pytest.raises(ValueError, match="4 words but 3"):
-        word_rows("u1", None, None, words, results[:3], 1.5, 80)
+    assert frame["low_probability"].to_list() == [False, True, False, False]
+    assert frame["collapsed_tail"].to_list() == [False] * 4
+    assert frame["flagged"].to_list() == [False, True, True, True]
+    assert frame["window"].to_list() == [0] * 4
+    placed = [PlacedWord(a, 0, 0.0, 1.5) for a in results]
+    with pytest.raises(ValueError, match="4 words but 3 aligned words and 4 flags"):
+        word_rows("u1", None, None, words, placed[:3], word_flags(placed, 0.08, 0.1, 4))
+
+
+def test_collapsed_tail_flag_and_times_in_a_window() -> None:
+    """A run of >= collapse_min_words identical spans at the end is a collapsed tail; a window's times are
+    offset by its start, clamped to [floor, limit] and rounded to ms."""
+    words = [Word(t, t, i) for i, t in enumerate("abcde")]
+    results = [aligned(0.1, 0.2, (1, 2))] + [aligned(0.9, 0.9, (11, 11))] * 4
+    frame = words_frame(placed_rows(words, results, 0.9, collapse=4))
+    assert frame["collapsed_tail"].to_list() == [False, True, True, True, True]
+    assert words_frame(placed_rows(words, results, 0.9, collapse=5))["collapsed_tail"].to_list() == [False] * 5
+    word = PlacedWord(aligned(0.0004, 3.0, (0, 40)), window=2, offset_s=10.0004, limit_s=12.5, floor_s=10.5)
+    assert (word.start_s, word.end_s, word.beyond_end) == (10.5, 12.5, True)
 
 
 def test_parquet_round_trip_with_fixed_schemas(tmp_path: Path) -> None:
-    words = words_frame(word_rows("u1", "s", "r", [Word("a", "A.", 0)], [aligned(0.0, 0.08, (0, 1))], 1.0, 80))
+    words = words_frame(placed_rows([Word("a", "A.", 0)], [aligned(0.0, 0.08, (0, 1))], 1.0))
     utts = utterances_frame(
         [
             {"utt_id": "u1", "audio_path": "/a.flac", "offset_s": 0.0, "duration_s": 1.0, "sample_rate_hz": 16000,
-             "channels": 1, "language": "English", "transcript": "A.", "n_words": 1, "status": "aligned"},
+             "channels": 1, "language": "English", "transcript": "A.", "n_words": 1, "status": "aligned",
+             "windows": 1, "flagged_share": 0.0, "collapsed_tail_words": 0},
             {"utt_id": "u2", "audio_path": "/b.flac", "offset_s": 0.0, "language": "English", "transcript": "",
-             "n_words": 0, "status": "failed", "failure_stage": "normalize", "error_type": "TranscriptError",
-             "error_message": "transcript is empty"},
+             "n_words": 0, "status": "failed", "failure_stage": "normalize", "error_type": "EmptyTranscriptError",
+             "error_message": "transcript is empty", "warnings": "w", "windows": 0, "collapsed_tail_words": 0},
         ]
     )  # fmt: skip
+    checks = validation_frame([{"utt_id": "u3", "status": "valid", "n_words": 3, "long": True}])
     write_parquet(words, tmp_path / "w.parquet")
     write_parquet(utts, tmp_path / "u.parquet")
+    write_parquet(checks, tmp_path / "v.parquet")
     assert_frame_equal(read_parquet([tmp_path / "w.parquet"], WORDS_SCHEMA), words)
     assert_frame_equal(read_parquet([tmp_path / "u.parquet"], UTTERANCES_SCHEMA), utts)
+    assert_frame_equal(read_parquet([tmp_path / "v.parquet"], VALIDATION_SCHEMA), checks)
     assert read_parquet([], WORDS_SCHEMA).schema == pl.Schema(WORDS_SCHEMA)
     with pytest.raises(ValueError, match="expected schema"):
         read_parquet([tmp_path / "w.parquet"], UTTERANCES_SCHEMA)
@@ -152,3 +183,21 @@ def test_atomic_path_leaves_the_old_file_when_writing_fails(tmp_path: Path) -> N
     with atomic_path(target, fsync=True) as tmp:
         tmp.write_text("new")
     assert target.read_text() == "new"
+
+
+def test_stale_temporaries_are_those_of_dead_writers(tmp_path: Path) -> None:
+    """A writer killed mid-write leaves `.<name>.<host>-<pid>.tmp`; only dead pids of this host count."""
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    with atomic_path(tmp_path / "sub" / "x.TextGrid") as tmp:
+        live = tmp.name  # this process is alive
+        host = tmp.name.split(".")[-2].rsplit("-", 1)[0]
+        (tmp_path / "sub" / live).write_text("half")
+        stale = tmp_path / "sub" / f".y.TextGrid.{host}-{int(dead.stdout)}.tmp"
+        stale.write_text("half")
+        (tmp_path / f".z.parquet.otherhost-{int(dead.stdout)}.tmp").write_text("?")
+        (tmp_path / "words.parquet").write_text("done")
+        assert stale_temporaries(tmp_path) == [stale]
+    assert sorted(os.listdir(tmp_path / "sub")) == sorted([stale.name, "x.TextGrid"])

@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from corpus_aligner.config import LibriSpeechConfig, ManifestConfig
+from corpus_aligner.errors import CorpusReadError, DuplicateIdError, TranscriptEncodingError
 
 SAMPLE_ROOT = Path(__file__).resolve().parent.parent / "data" / "librispeech" / "LibriSpeech"
 
@@ -23,7 +24,9 @@ class Utterance:
     """One input utterance. Times are relative to `offset_s` in `audio_path`.
 
     `rel_dir` is the folder (relative, '/'-separated) that mirrors the corpus layout in the output;
-    `duration_s` is set when the corpus states the segment length (manifest `duration`).
+    `duration_s` is set when the corpus states the segment length (manifest `duration`); `channel` when
+    the corpus picks one channel of the file (manifest `channel`). `read_error` is why the corpus entry
+    itself is unusable (the pipeline records it as failed at stage `read`).
     """
 
     utt_id: str
@@ -36,7 +39,8 @@ class Utterance:
     offset_s: float = 0.0
     duration_s: float | None = None
     rel_dir: str = ""
-    read_error: str | None = None
+    channel: int | None = None
+    read_error: CorpusReadError | None = None
 
 
 def read_corpus(cfg: LibriSpeechConfig | ManifestConfig) -> list[Utterance]:
@@ -54,11 +58,17 @@ def read_corpus(cfg: LibriSpeechConfig | ManifestConfig) -> list[Utterance]:
 
 
 def corpus_identity(cfg: LibriSpeechConfig | ManifestConfig) -> dict[str, object]:
-    """What makes two runs 'the same corpus' for resuming: the kind and the resolved input paths."""
+    """What makes two runs 'the same corpus' for resuming: the kind, the resolved input paths, the language."""
     if isinstance(cfg, LibriSpeechConfig):
         root = Path(cfg.root).expanduser().resolve() if cfg.root else SAMPLE_ROOT
-        return {"kind": cfg.kind, "root": str(root), "parts": sorted(cfg.parts) if cfg.parts else None}
-    return {"kind": cfg.kind, "path": str(Path(cfg.path).expanduser().resolve())}
+        parts = sorted(cfg.parts) if cfg.parts else None
+        return {"kind": cfg.kind, "root": str(root), "parts": parts, "language": cfg.language}
+    return {
+        "kind": cfg.kind,
+        "path": str(Path(cfg.path).expanduser().resolve()),
+        "format": cfg.format,
+        "language": cfg.language,
+    }
 
 
 def shard_of(utt_id: str, count: int) -> int:
@@ -89,9 +99,50 @@ def unique_ids(utterances: list[Utterance]) -> list[Utterance]:
             n += 1
         new_id = f"{u.utt_id}#{n}"
         taken.add(new_id)
-        error = f"duplicate utterance id {u.utt_id!r} (copy {n}); only the first one is aligned"
+        error = DuplicateIdError(f"duplicate utterance id {u.utt_id!r} (copy {n}); only the first one is aligned")
         out.append(replace(u, utt_id=new_id, read_error=u.read_error or error))
     return out
 
 
-__all__ = ["SAMPLE_ROOT", "Utterance", "read_corpus", "select_shard", "shard_of", "unique_ids"]
+def decode_text(data: bytes) -> str:
+    """Text of a transcript or manifest file: UTF-8 (a BOM is dropped) or BOM-marked UTF-16. Invalid UTF-8
+    bytes survive as lone surrogates (surrogateescape), so one bad line can be reported without losing
+    the others (`undecodable`)."""
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        return data.decode("utf-16", errors="surrogateescape")
+    return data.decode("utf-8-sig", errors="surrogateescape")
+
+
+def undecodable(text: str, where: str) -> TranscriptEncodingError | None:
+    """The error for a line that held bytes which are not UTF-8 (surrogate-escaped by decode_text), or None."""
+    bad = [i for i, ch in enumerate(text) if "\ud800" <= ch <= "\udfff"]
+    if not bad:
+        return None
+    code = ord(text[bad[0]])
+    what = f"byte 0x{code - 0xDC00:02X}" if 0xDC80 <= code <= 0xDCFF else f"a lone surrogate U+{code:04X}"
+    return TranscriptEncodingError(
+        f"{where} is not valid UTF-8 ({what} at character {bad[0] + 1}); "
+        "re-encode the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+    )
+
+
+def printable(text: str) -> str:
+    """`text` with undecodable bytes (surrogates) as U+FFFD, so it can be written to Parquet and TextGrids."""
+    try:
+        raw = text.encode("utf-8", errors="surrogateescape")
+    except UnicodeEncodeError:  # a lone surrogate from a JSON escape ("\\ud800"), not from a byte
+        raw = text.encode("utf-8", errors="replace")
+    return raw.decode("utf-8", errors="replace")
+
+
+__all__ = [
+    "SAMPLE_ROOT",
+    "Utterance",
+    "decode_text",
+    "printable",
+    "read_corpus",
+    "select_shard",
+    "shard_of",
+    "undecodable",
+    "unique_ids",
+]

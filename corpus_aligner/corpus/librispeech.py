@@ -13,8 +13,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from corpus_aligner.corpus import Utterance
-from corpus_aligner.errors import CorpusReadError
+from corpus_aligner.corpus import Utterance, decode_text, printable, undecodable
+from corpus_aligner.errors import CorpusReadError, MissingTranscriptError
 
 log = logging.getLogger(__name__)
 
@@ -51,38 +51,52 @@ def read_librispeech(root: Path, parts: list[str] | None = None, language: str =
     return utterances
 
 
-def read_transcripts(trans_file: Path) -> list[tuple[str, str]]:
-    """(utt_id, text) per line, in file order. Lines look like (upper case, apostrophes only):
+def read_transcripts(trans_file: Path) -> list[tuple[str, str, CorpusReadError | None]]:
+    """(utt_id, text, error) per line, in file order. Lines look like (upper case, apostrophes only):
 
     1988-24833-0000 THE TWO STRAY KITTENS GRADUALLY MAKE THEMSELVES AT HOME
     1988-24833-0002 SHE DOESN'T PICK THEM UP BUT JUST HAVING THEM IN THE ROOM SURE DOESN'T GIVE HER ASTHMA
 
-    CRLF endings and blank lines are tolerated; an id with no text gets "" (it fails at normalize).
-    A repeated id is kept (the pipeline records the repeat as failed rather than dropping it).
+    CRLF endings, a BOM and blank lines are tolerated; an id with no text gets "" (it fails at normalize).
+    A line that is not UTF-8 keeps its id (bad bytes as U+FFFD) with a TranscriptEncodingError, so one
+    bad byte costs one utterance, not the chapter. A repeated id is kept (the pipeline records the repeat
+    as failed rather than dropping it). An unreadable file raises CorpusReadError.
     """
     try:
-        content = trans_file.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
+        content = decode_text(trans_file.read_bytes())
+    except OSError as exc:
         raise CorpusReadError(f"{trans_file}: cannot read transcript file ({exc})") from exc
-    lines = (line.strip().split(maxsplit=1) for line in content.splitlines())
-    return [(fields[0], fields[1] if len(fields) > 1 else "") for fields in lines if fields]
+    out: list[tuple[str, str, CorpusReadError | None]] = []
+    for line_no, line in enumerate(content.splitlines(), start=1):
+        fields = line.strip().split(maxsplit=1)
+        if fields:
+            error = undecodable(line, f"line {line_no} of {trans_file.name}")
+            out.append((printable(fields[0]), printable(fields[1]) if len(fields) > 1 else "", error))
+    return out
 
 
 def read_chapter(chapter_dir: Path, part: str, language: str) -> list[Utterance]:
     """The utterances of one <speaker>/<chapter> folder: transcript lines plus stray audio files."""
-    speaker, chapter = chapter_dir.parent.name, chapter_dir.name
+    speaker, chapter = printable(chapter_dir.parent.name), printable(chapter_dir.name)
     rel_dir = f"{part}/{speaker}/{chapter}"
     audio: dict[str, Path] = {}
     # .flac first: of two files with one stem (x.flac, x.wav), the LibriSpeech one is the utterance.
     files = [p for p in chapter_dir.iterdir() if p.suffix.lower() in AUDIO_SUFFIXES]
     for path in sorted(files, key=lambda p: (AUDIO_SUFFIXES.index(p.suffix.lower()), p.name)):
-        if audio.setdefault(path.stem, path) is not path:
-            log.warning("%s: ignored, %s has the same utterance id", path, audio[path.stem].name)
+        if audio.setdefault(printable(path.stem), path) is not path:
+            log.warning("%s: ignored, %s has the same utterance id", path, audio[printable(path.stem)].name)
     trans_files = sorted(chapter_dir.glob("*.trans.txt"))
-    lines = [line for trans_file in trans_files for line in read_transcripts(trans_file)]
-    texts = dict(lines)
+    lines: list[tuple[str, str, CorpusReadError | None]] = []
+    unreadable: list[str] = []
+    for trans_file in trans_files:
+        try:
+            lines.extend(read_transcripts(trans_file))
+        except CorpusReadError as exc:  # this chapter's audio fails at read; the corpus goes on
+            log.warning("%s", exc)
+            unreadable.append(str(exc))
+    texts = {utt_id: text for utt_id, text, _ in lines}
 
-    def utterance(utt_id: str, path: Path, text: str, error: str | None = None) -> Utterance:
+    def utterance(utt_id: str, path: Path, text: str, error: CorpusReadError | None = None) -> Utterance:
         return Utterance(
             utt_id=utt_id,
             audio_path=str(path.resolve()),
@@ -95,14 +109,20 @@ def read_chapter(chapter_dir: Path, part: str, language: str) -> list[Utterance]
             read_error=error,
         )
 
-    utterances = [utterance(utt_id, audio.get(utt_id, chapter_dir / f"{utt_id}.flac"), text) for utt_id, text in lines]
+    utterances = [
+        utterance(utt_id, audio.get(utt_id, chapter_dir / f"{utt_id}.flac"), text, error)
+        for utt_id, text, error in lines
+    ]
     expected = f"{speaker}-{chapter}.trans.txt"
     for stem, path in audio.items():
         if stem in texts:
             continue
-        if trans_files:
-            problem = f"no transcript line for {path.name} in {', '.join(f.name for f in trans_files)}"
+        if unreadable:
+            problem: CorpusReadError = MissingTranscriptError(f"no transcript for {path.name}: {'; '.join(unreadable)}")
+        elif trans_files:
+            names = ", ".join(f.name for f in trans_files)
+            problem = MissingTranscriptError(f"no transcript line for {path.name} in {names}")
         else:
-            problem = f"chapter folder {chapter_dir} has no transcript file ({expected})"
+            problem = MissingTranscriptError(f"chapter folder {chapter_dir} has no transcript file ({expected})")
         utterances.append(utterance(stem, path, "", problem))
     return utterances

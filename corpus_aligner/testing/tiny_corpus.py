@@ -81,7 +81,7 @@ def _librispeech_bad_cases(corpus: TinyCorpus, rng: np.random.Generator) -> None
         "900-1-0001": ("missing", "NO AUDIO HERE", "probe"),
         "900-1-0002": ((1.5, 8000, 1), sentence(rng, 3), "aligned"),  # 8 kHz: resampled
         "900-1-0003": ((1.1, 44100, 2), sentence(rng, 3), "aligned"),  # stereo 44.1 kHz: downmixed
-        "900-1-0004": ("too long", sentence(rng, 3), "probe"),  # 401 s: more than the model's 400 s
+        "900-1-0004": ("too long", sentence(rng, 3), "load"),  # 401 s (long path) of digital silence
         "900-1-0005": ("corrupt", sentence(rng, 2), "probe"),  # not audio at all
         "900-1-0006": ((0.3, 16000, 1), sentence(rng, 12), "normalize"),  # more words than 80 ms slots
         "900-1-0007": ((1.0, 16000, 1), "?! -- ...", "normalize"),  # nothing alignable
