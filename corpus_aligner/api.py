@@ -9,7 +9,11 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import os
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +25,9 @@ from corpus_aligner.audio import load_audio
 from corpus_aligner.batching import pack_batches
 from corpus_aligner.checkpoint import CheckpointInfo, load_model, read_config, resolve
 from corpus_aligner.decode import decode_words
-from corpus_aligner.errors import AudioError, TooLongError
+from corpus_aligner.errors import AlignerError, AudioError, TooLongError
 from corpus_aligner.frontend import log_mel
+from corpus_aligner.mlx_threads import worker_threads
 from corpus_aligner.model import ForcedAligner
 from corpus_aligner.model.encoder import audio_token_count, plan_batch
 from corpus_aligner.normalize import split_words
@@ -32,7 +37,34 @@ from corpus_aligner.records import AlignedWord
 log = logging.getLogger(__name__)
 
 AudioInput = str | Path | tuple[np.ndarray, int]
+Batch = tuple[Sequence[np.ndarray], Sequence[Sequence[str]]]
 DEFAULT_BATCH_POSITIONS = {"cpu": 8192, "gpu": 131072}
+
+
+@dataclass(frozen=True)
+class Shapes:
+    """Batch dimensions rounded up to these multiples, so that a GPU sees few distinct shapes (MLX builds
+    kernels, cuDNN plans and CUDA graphs per shape); the padding is masked and never read back.
+    conv_piece: chunks per convolution call (0: all), which also bounds the first conv's memory."""
+
+    chunks: int = 1
+    windows: int = 1
+    positions: int = 1
+    rows: int = 1
+    conv_piece: int = 0
+
+
+DEFAULT_SHAPES = {
+    "cpu": Shapes(conv_piece=64),
+    "gpu": Shapes(chunks=64, windows=16, positions=32, rows=8, conv_piece=256),
+}
+
+
+def default_workers(device: str) -> int:
+    """Batches in flight at once. CPU: one, with a BLAS thread per core (2 cores, 8 utterances, 99.7 s of
+    audio: 20 s that way, 24 s as two one-thread workers; two batches at once on MLX's CPU streams ran for
+    minutes). GPU: two, so one batch's host-side preparation overlaps the other's kernels."""
+    return 1 if device == "cpu" else 2
 
 
 class Aligner:
@@ -43,13 +75,19 @@ class Aligner:
         checkpoint: CheckpointInfo,
         encoder_attention: str = "windowed",
         batch_positions: int | None = None,
+        workers: int | None = None,
+        shapes: Shapes | None = None,
     ):
         self.model = model
         self.prompts = prompts
         self.checkpoint = checkpoint
         self.encoder_attention = encoder_attention
-        device = "gpu" if mx.default_device() == mx.gpu else "cpu"
-        self.batch_positions = batch_positions or DEFAULT_BATCH_POSITIONS[device]
+        self.device = "gpu" if mx.default_device() == mx.gpu else "cpu"
+        self.batch_positions = batch_positions or DEFAULT_BATCH_POSITIONS[self.device]
+        self.workers = workers or default_workers(self.device)
+        self.shapes = shapes or DEFAULT_SHAPES[self.device]
+        if self.device == "cpu":
+            cpu_blas.set_threads(max(1, (os.cpu_count() or 1) // self.workers))
         self.args = model.args
 
     @classmethod
@@ -62,12 +100,17 @@ class Aligner:
         revision: str | None = None,
         pretokenizer: str = "qwen2",
         batch_positions: int | None = None,
+        workers: int | None = None,
+        shapes: Shapes | None = None,
     ) -> Aligner:
         """Load a local folder as is, or download a repo id with `huggingface_hub.snapshot_download`.
 
         encoder_attention: "windowed" (8-s windows, how the model is served; default) or "full" (what the
         official code does on the CPU). dtype: None picks per device (float32 on the CPU), or one of
         "float32", "float16", "bfloat16". pretokenizer: "qwen2" (default) or "mistral" (model.md §10 D2).
+        batch_positions: decoder positions per batch, padding included (default per device); workers:
+        batches in flight at once (`align_batches`; default per device, see `default_workers`); shapes:
+        how batch dimensions are rounded (default per device, `DEFAULT_SHAPES`).
         """
         if encoder_attention not in ("windowed", "full"):
             raise ValueError(f"encoder_attention must be 'windowed' or 'full', got {encoder_attention!r}")
@@ -78,11 +121,9 @@ class Aligner:
         a = model.args
         ids = SpecialIds(a.audio_start_token_id, a.audio_token_id, a.audio_end_token_id, a.timestamp_token_id)
         if "timestamp_token_id" not in config:
-            raise ValueError(
-                f"{info.path}/config.json has no timestamp_token_id: not a forced-aligner checkpoint"
-            )
+            raise ValueError(f"{info.path}/config.json has no timestamp_token_id: not a forced-aligner checkpoint")
         prompts = PromptBuilder(load_tokenizer(info.path, pretokenizer), ids)
-        return cls(model, prompts, info, encoder_attention, batch_positions)
+        return cls(model, prompts, info, encoder_attention, batch_positions, workers, shapes)
 
     # ----- sizes -------------------------------------------------------------------------------
     @property
@@ -98,9 +139,7 @@ class Aligner:
         return self.prompts.sequence_length(self.audio_tokens(n_frames), tokens)
 
     # ----- alignment ---------------------------------------------------------------------------
-    def align_features(
-        self, features: Sequence[np.ndarray], words: Sequence[Sequence[str]]
-    ) -> list[list[AlignedWord]]:
+    def align_features(self, features: Sequence[np.ndarray], words: Sequence[Sequence[str]]) -> list[list[AlignedWord]]:
         """Align exactly these utterances in one forward pass.
 
         features: log-mel (n_frames, 128) per utterance (`frontend.log_mel`); words: the cleaned words
@@ -115,14 +154,16 @@ class Aligner:
                 raise AudioError("audio shorter than one mel frame (10 ms): nothing to align")
             if feat.shape[0] * 0.01 > self.max_duration_s:
                 raise TooLongError(
-                    f"audio of {feat.shape[0] / 100:.1f} s is longer than the model's "
-                    f"{self.max_duration_s:.0f} s"
+                    f"audio of {feat.shape[0] / 100:.1f} s is longer than the model's {self.max_duration_s:.0f} s"
                 )
-        plan = plan_batch(list(features), self.args.encoder, self.encoder_attention)
+        sh = self.shapes
+        plan = plan_batch(
+            list(features), self.args.encoder, self.encoder_attention, sh.chunks, sh.windows, sh.conv_piece
+        )
         prompts = [self.prompts.build(n, w) for n, w in zip(plan.tokens_per_clip, words)]
         if all(len(p.slots) == 0 for p in prompts):
             return [[] for _ in prompts]
-        input_ids, audio_src, slots = pad_prompts(prompts, self.args.audio_end_token_id)
+        input_ids, audio_src, slots = pad_prompts(prompts, self.args.audio_end_token_id, sh.positions, sh.rows)
         logits = self.model(mx.array(input_ids), mx.array(audio_src), mx.array(slots), plan)
         logits = logits.astype(mx.float32)
         classes = mx.argmax(logits, axis=-1)
@@ -155,20 +196,54 @@ class Aligner:
         texts = [text] if isinstance(text, str) else list(text)
         if len(audios) != len(texts):
             raise ValueError(f"{len(audios)} audio items but {len(texts)} texts")
-        languages = (
-            [language] * len(texts) if language is None or isinstance(language, str) else list(language)
-        )
+        languages = [language] * len(texts) if language is None or isinstance(language, str) else list(language)
         if len(languages) != len(texts):
             raise ValueError(f"{len(languages)} languages but {len(texts)} texts")
         features = [log_mel(load_audio(a)) for a in audios]  # type: ignore[arg-type]
         words = [split_words(t, lang) for t, lang in zip(texts, languages)]
         lengths = [self.sequence_length(f.shape[0], w) for f, w in zip(features, words)]
         results: list[list[AlignedWord]] = [[] for _ in texts]
-        for batch in pack_batches(lengths, self.batch_positions):
-            out = self.align_features([features[i] for i in batch], [words[i] for i in batch])
+        batches = pack_batches(lengths, self.batch_positions)
+        jobs = (([features[i] for i in b], [words[i] for i in b]) for b in batches)
+        for batch, out in zip(batches, self.align_batches(jobs)):
+            if isinstance(out, AlignerError):
+                raise out
             for i, res in zip(batch, out):
                 results[i] = res
         return results
+
+    def align_batches(self, batches: Iterable[Batch]) -> Iterator[list[list[AlignedWord]] | AlignerError]:
+        """`align_features` over (features, words) batches, `self.workers` at a time, results in order.
+
+        Each worker thread evaluates on its own MLX stream (`mlx_threads`), so batches overlap: on the
+        CPU each takes a core, on a GPU one batch's host work hides behind another's kernels. At most
+        `workers + 1` batches are taken from `batches` ahead of the one being returned, so memory stays
+        bounded. A batch that fails with one of our errors yields that error (the caller may retry its
+        utterances one by one); other exceptions propagate.
+        """
+        if self.workers == 1:
+            yield from (self._align_or_error(f, w) for f, w in batches)
+            return
+        pool = worker_threads(self.workers)
+        pending: deque[Future[list[list[AlignedWord]] | AlignerError]] = deque()
+        try:
+            for features, words in batches:
+                pending.append(pool.submit(self._align_or_error, features, words))
+                if len(pending) > self.workers:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for future in pending:  # the caller stopped early: drop what has not started
+                future.cancel()
+
+    def _align_or_error(
+        self, features: Sequence[np.ndarray], words: Sequence[Sequence[str]]
+    ) -> list[list[AlignedWord]] | AlignerError:
+        try:
+            return self.align_features(features, words)
+        except AlignerError as exc:
+            return exc
 
 
 def _is_single_audio(audio: Any) -> bool:

@@ -57,9 +57,7 @@ def resolve(path_or_repo: str | Path, revision: str | None = None) -> Checkpoint
         return CheckpointInfo(str(path_or_repo), path.resolve(), revision, _hash_files(path))
     repo_id = str(path_or_repo)
     if repo_id.startswith((".", "/", "~")) or repo_id.count("/") != 1:
-        raise CheckpointError(
-            f"checkpoint folder {path} does not exist (and it is not a repo id 'owner/name')"
-        )
+        raise CheckpointError(f"checkpoint folder {path} does not exist (and it is not a repo id 'owner/name')")
     try:
         from huggingface_hub import snapshot_download
 
@@ -200,15 +198,8 @@ def save(
         tensors = {}
         for name, value in params.items():
             base = name.removesuffix(".weight")
-            if (
-                name.startswith("model.")
-                and name.endswith(".weight")
-                and value.ndim == 2
-                and value.dtype != mx.uint32
-            ):
-                w, scales, biases = quantize_affine(
-                    np.array(value.astype(mx.float32)), group_size, quantize_bits
-                )
+            if name.startswith("model.") and name.endswith(".weight") and value.ndim == 2 and value.dtype != mx.uint32:
+                w, scales, biases = quantize_affine(np.array(value.astype(mx.float32)), group_size, quantize_bits)
                 tensors[name] = mx.array(w)
                 tensors[f"{base}.scales"] = mx.array(scales)
                 tensors[f"{base}.biases"] = mx.array(biases)
@@ -229,9 +220,7 @@ def save(
                 indent=2,
             )
         )
-    mx.save_safetensors(
-        str(folder / "model.safetensors"), ForcedAligner.unsanitize(tensors), metadata={"format": "pt"}
-    )
+    mx.save_safetensors(str(folder / "model.safetensors"), ForcedAligner.unsanitize(tensors), metadata={"format": "pt"})
     return folder
 
 

@@ -63,6 +63,10 @@ class BatchConfig:
     # Decoder positions per batch, padding included (about 13 per audio second + 3-4 per word).
     budget_positions: int = MISSING
     max_utterances: int = MISSING
+    # Batches loaded (decoded, resampled, log-mel) ahead of the model by `loader_threads` threads; 0: no
+    # prefetch. Memory grows with it: a batch of samples plus features is about 0.2 MB per audio second.
+    prefetch_batches: int = 2
+    loader_threads: int = 2
 
 
 @dataclass(frozen=True)
@@ -146,6 +150,8 @@ def validate(cfg: AppConfig) -> AppConfig:
         raise ValueError(f"need 0 <= shard.index < shard.count, got {cfg.shard.index} of {cfg.shard.count}")
     if cfg.batch.budget_positions < 1 or cfg.batch.max_utterances < 1:
         raise ValueError("batch.budget_positions and batch.max_utterances must be at least 1")
+    if cfg.batch.prefetch_batches < 0 or cfg.batch.loader_threads < 1:
+        raise ValueError("batch.prefetch_batches must be at least 0 and batch.loader_threads at least 1")
     if cfg.model.encoder_attention not in ("windowed", "full"):
         raise ValueError(f"model.encoder_attention must be windowed or full, got {cfg.model.encoder_attention!r}")
     if cfg.mode not in ("align", "validate"):

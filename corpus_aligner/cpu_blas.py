@@ -19,6 +19,7 @@ OPENBLAS_CANDIDATES = (
     "/usr/lib/x86_64-linux-gnu/libopenblas.so.0",
 )
 _state: dict[str, str | None] = {"loaded": None}
+_lib: list[ctypes.CDLL] = []
 
 
 def ensure_fast_blas() -> str | None:
@@ -27,11 +28,7 @@ def ensure_fast_blas() -> str | None:
     Returns the library path loaded, or None. Skipped on macOS (Accelerate is used there) and when
     CORPUS_ALIGNER_NO_OPENBLAS is set.
     """
-    if (
-        _state["loaded"] is not None
-        or sys.platform == "darwin"
-        or os.environ.get("CORPUS_ALIGNER_NO_OPENBLAS")
-    ):
+    if _state["loaded"] is not None or sys.platform == "darwin" or os.environ.get("CORPUS_ALIGNER_NO_OPENBLAS"):
         return _state["loaded"]
     path = os.environ.get("CORPUS_ALIGNER_OPENBLAS") or next(
         (p for p in OPENBLAS_CANDIDATES if os.path.exists(p)), None
@@ -47,6 +44,15 @@ def ensure_fast_blas() -> str | None:
         return None
     if "mlx.core" in sys.modules and _state["loaded"] is None:
         log.debug("mlx.core already imported before OpenBLAS; loading it anyway may have no effect")
-    ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
+    _lib.append(ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL))
     _state["loaded"] = path
     return path
+
+
+def set_threads(n: int) -> bool:
+    """Threads each OpenBLAS call may use (process-wide): the cores shared among the model's workers.
+    Returns False when OpenBLAS is not the loaded BLAS."""
+    if not _lib or not hasattr(_lib[0], "openblas_set_num_threads"):
+        return False
+    _lib[0].openblas_set_num_threads(max(1, int(n)))
+    return True

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 from collections import defaultdict
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +34,7 @@ from corpus_aligner.errors import AlignerError
 from corpus_aligner.frontend import log_mel, n_mel_frames
 from corpus_aligner.longform import Aligned, AlignFn, Window, align_windows, is_long, recover_tail
 from corpus_aligner.normalize import Word
+from corpus_aligner.prefetch import run_ahead
 from corpus_aligner.quality import collapsed_tail, flagged_share, word_flags
 from corpus_aligner.records import AlignedWord, PlacedWord
 from corpus_aligner.session import GracefulStop, Session
@@ -59,6 +62,16 @@ class Prepared:
     def failed(self, stage: str, error: AlignerError) -> dict[str, Any]:
         probed = self.probed
         return utterance_row(self.utt, probed.info, probed.duration_s, failure=(stage, error), warnings=probed.warnings)
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A batch after the load stage: (item, samples) of those that loaded, failed rows of the others,
+    and the log-mel of each loaded short item (None for long recordings, aligned window by window)."""
+
+    ready: list[tuple[Prepared, np.ndarray]]
+    failed: list[dict[str, Any]]
+    features: list[np.ndarray | None]
 
 
 @dataclass
@@ -151,6 +164,7 @@ class BatchRunner:
         self.aligner, self.output_dir, self.textgrids, self.cfg = aligner, output_dir, textgrids, cfg
         self.tick_s = aligner.args.timestamp_segment_time_ms / 1000.0
         self.timings: dict[str, float] = defaultdict(float)
+        self.lock = threading.Lock()
 
     @contextmanager
     def timed(self, stage: str) -> Iterator[None]:
@@ -158,34 +172,58 @@ class BatchRunner:
         try:
             yield
         finally:
-            self.timings[stage] += perf_counter() - start
+            self.add_time(stage, perf_counter() - start)
 
-    def run(self, items: list[Prepared]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        word_rows_out: list[dict[str, Any]] = []
-        utt_rows: list[dict[str, Any]] = []
-        with self.timed("load"):
-            ready, failed = load_waves(items)
-        utt_rows.extend(failed)
+    def add_time(self, stage: str, seconds: float) -> None:
+        with self.lock:  # loader and writer threads add theirs too
+            self.timings[stage] += seconds
+
+    def load(self, items: list[Prepared]) -> Loaded:
+        """Stage load (runs in loader threads, ahead of the model): samples, and log-mel of the short ones."""
+        start = perf_counter()
+        ready, failed = load_waves(items)
+        features = [None if p.long else log_mel(w) for p, w in ready]
+        self.add_time("load", perf_counter() - start)  # summed over loader threads
+        return Loaded(ready, failed, features)
+
+    def run(
+        self, items: list[Prepared], loaded: Loaded | None = None
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Load (unless `loaded` already holds it), align and write one batch: its word and utterance rows."""
+        loaded = loaded if loaded is not None else self.load(items)
         with self.timed("align"):
-            results = self.align(ready)
-        with self.timed("write"):
-            for (p, _), result in zip(ready, results):
-                if isinstance(result, AlignerError):
-                    utt_rows.append(p.failed("align", result))
-                    continue
-                words, row = self.rows(p, result)
-                word_rows_out.extend(words)
-                utt_rows.append(row)
+            results = self.align(loaded.ready, loaded.features)
+        return self.write(loaded, results)
+
+    def write(
+        self, loaded: Loaded, results: list[Aligned | AlignerError]
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Rows and TextGrids of an aligned batch (runs in the writer thread, behind the model)."""
+        start = perf_counter()
+        word_rows_out: list[dict[str, Any]] = []
+        utt_rows: list[dict[str, Any]] = list(loaded.failed)
+        for (p, _), result in zip(loaded.ready, results):
+            if isinstance(result, AlignerError):
+                utt_rows.append(p.failed("align", result))
+                continue
+            words, row = self.rows(p, result)
+            word_rows_out.extend(words)
+            utt_rows.append(row)
+        self.add_time("write", perf_counter() - start)
         return word_rows_out, utt_rows
 
-    def align(self, ready: list[tuple[Prepared, np.ndarray]]) -> list[Aligned | AlignerError]:
-        """Short utterances in one batched pass (then tail recovery one by one), long ones window by window."""
+    def align(
+        self, ready: list[tuple[Prepared, np.ndarray]], features: list[np.ndarray | None]
+    ) -> list[Aligned | AlignerError]:
+        """Short utterances in one batched pass (then tail recovery one by one), long ones window by window.
+
+        features: the log-mel of each short item of `ready` (None for long ones)."""
         rules, low = self.cfg.long, self.cfg.low_probability
         results: list[Aligned | AlignerError] = []
-        short = [(p, w) for p, w in ready if not p.long]
+        short = [(p, f) for (p, _), f in zip(ready, features) if not p.long and f is not None]
         single: list[list[AlignedWord] | AlignerError]
         try:
-            single = align_items(self.aligner, [p for p, _ in short], [log_mel(w) for _, w in short]) if short else []
+            single = align_items(self.aligner, [p for p, _ in short], [f for _, f in short]) if short else []
         except AlignerError as exc:
             single = [exc] * len(short)
         by_id = {p.utt.utt_id: r for (p, _), r in zip(short, single)}
@@ -263,18 +301,37 @@ def run(cfg: AppConfig) -> RunResult:
         batches = plan_batches(prepared, cfg)
         audio_s = sum(p.duration_s for p in prepared)
         loop_start, done_s, n_batches = perf_counter(), 0.0, 0
-        with progress_bar(audio_s, cfg.output.progress) as bar:
-            for batch in batches:
+        item_lists = [[prepared[i] for i in batch] for batch in batches]
+
+        def commit(loaded: Loaded, results: list[Aligned | AlignerError]) -> None:
+            words, utts = runner.write(loaded, results)
+            store.write_batch(words_frame(words), utterances_frame(utts))
+
+        # Batches are loaded ahead by `loader_threads` threads and written behind by one writer thread (commits
+        # stay in order), so the model rarely waits. On any exit the writer finishes what it was given first:
+        # a crash loses only the batch being aligned (and, on SIGKILL, the one being written).
+        with (
+            progress_bar(audio_s, cfg.output.progress) as bar,
+            run_ahead(runner.load, item_lists, cfg.batch.prefetch_batches, cfg.batch.loader_threads) as loads,
+            ThreadPoolExecutor(1, thread_name_prefix="writer") as writer,
+        ):
+            written: Future[None] | None = None
+            for items, loaded in zip(item_lists, loads):
                 if stop.requested:
                     break
-                items = [prepared[i] for i in batch]
-                words, utts = runner.run(items)
-                store.write_batch(words_frame(words), utterances_frame(utts))
+                with runner.timed("align"):
+                    results = runner.align(loaded.ready, loaded.features)
+                if written is not None:
+                    with runner.timed("write_wait"):
+                        written.result()  # re-raises a write error; at most one batch waits to be written
+                written = writer.submit(commit, loaded, results)
                 n_batches += 1
                 batch_s = sum(p.duration_s for p in items)
                 done_s += batch_s
                 bar.set_postfix_str(f"RTF {(perf_counter() - loop_start) / max(done_s, 1e-9):.3f}", refresh=False)
                 bar.update(batch_s / 3600)
+            if written is not None:
+                written.result()
     loop_s = perf_counter() - loop_start
     lengths = [p.length for p in prepared]
     short_batches = [b for b in batches if not prepared[b[0]].long]

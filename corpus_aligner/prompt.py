@@ -117,13 +117,20 @@ class PromptBuilder:
         )
 
 
-def pad_prompts(prompts: Sequence[Prompt], pad_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Right-pad ids; map each audio position to its row of the batch's encoder output."""
-    width = max(len(p.input_ids) for p in prompts)
+def pad_prompts(
+    prompts: Sequence[Prompt], pad_id: int, width_multiple: int = 1, rows_multiple: int = 1
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Right-pad ids; map each audio position to its row of the batch's encoder output.
+
+    The width and the number of rows are rounded up to the given multiples (extra rows are all padding,
+    no audio, slot 0), so that batches share shapes on a GPU.
+    """
+    width = -(-max(len(p.input_ids) for p in prompts) // width_multiple) * width_multiple
     k = max(max(len(p.slots) for p in prompts), 1)
-    input_ids = np.full((len(prompts), width), pad_id, dtype=np.int32)
-    audio_src = np.full((len(prompts), width), -1, dtype=np.int32)
-    slots = np.zeros((len(prompts), k), dtype=np.int32)
+    rows = -(-len(prompts) // rows_multiple) * rows_multiple
+    input_ids = np.full((rows, width), pad_id, dtype=np.int32)
+    audio_src = np.full((rows, width), -1, dtype=np.int32)
+    slots = np.zeros((rows, k), dtype=np.int32)
     offset = 0
     for b, p in enumerate(prompts):
         input_ids[b, : len(p.input_ids)] = p.input_ids

@@ -62,7 +62,10 @@ def main() -> None:
         t = time.perf_counter()
         words = aligner.align(audio=(wave, 16000), text=text, language="English")[0]
         dt = time.perf_counter() - t
-        print(f"align {run}: {dt:.2f} s for {args.seconds:.0f} s of audio, {len(words)} words (RTFx {args.seconds / dt:.1f})")
+        print(
+            f"align {run}: {dt:.2f} s for {args.seconds:.0f} s of audio, {len(words)} words "
+            f"(RTFx {args.seconds / dt:.1f})"
+        )
     print(f"peak RSS {peak_rss_gib():.2f} GiB (before load {rss0:.2f} GiB)")
 
 

@@ -13,9 +13,7 @@ from corpus_aligner.checkpoint import convert
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("source", help="official checkpoint: local folder or Hugging Face repo id")
     parser.add_argument("dest", type=Path, help="output folder")
     parser.add_argument("--bits", type=int, default=4, choices=[4, 8], help="quantization bits (default 4)")

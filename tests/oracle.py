@@ -28,14 +28,10 @@ class OracleRun:
 
 @lru_cache(maxsize=4)
 def official(folder: str, attn: str = "sdpa") -> Qwen3ForcedAligner:
-    return Qwen3ForcedAligner.from_pretrained(
-        folder, dtype=torch.float32, device_map="cpu", attn_implementation=attn
-    )
+    return Qwen3ForcedAligner.from_pretrained(folder, dtype=torch.float32, device_map="cpu", attn_implementation=attn)
 
 
-def run_official(
-    folder: Path, audio: list, text: list[str], language: list[str], attn: str = "sdpa"
-) -> OracleRun:
+def run_official(folder: Path, audio: list, text: list[str], language: list[str], attn: str = "sdpa") -> OracleRun:
     aligner = official(str(folder), attn)
     thinker = aligner.model.thinker
     feats: list[np.ndarray] = []

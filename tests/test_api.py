@@ -17,6 +17,7 @@ import soxr
 from oracle import run_official
 
 from corpus_aligner import Aligner
+from corpus_aligner.api import DEFAULT_SHAPES, Shapes
 from corpus_aligner.audio import load_audio
 from corpus_aligner.decode import decode_words
 from corpus_aligner.frontend import log_mel
@@ -114,9 +115,7 @@ def test_single_call_matches_official(ckpt, aligner, tmp_path, name):
 
 def test_array_input_at_24k_matches_official(ckpt, aligner):
     """An (array, 24000) tuple is resampled like the official code and aligns the same."""
-    x, sr = sf.read(
-        DATA / "librispeech-mini/LibriSpeech/dev-clean-2/1988/24833/1988-24833-0000.flac", dtype="float32"
-    )
+    x, sr = sf.read(DATA / "librispeech-mini/LibriSpeech/dev-clean-2/1988/24833/1988-24833-0000.flac", dtype="float32")
     x24 = soxr.resample(x, sr, 24000).astype(np.float32)
     text = "the two stray kittens gradually make themselves at home"
     run = run_official(ckpt, [(x24, 24000)], [text], ["English"])
@@ -138,6 +137,14 @@ def test_batch_equals_single_calls(ckpt, tmp_path, attention):
     assert timing(batched) == timing(singles)
     small = Aligner.from_pretrained(ckpt, encoder_attention=attention, batch_positions=400)
     assert timing(small.align(audio=audio, text=texts, language=langs)) == timing(singles)
+    # The GPU's shape rounding (padding rows, positions, chunks and windows; convs in pieces) and any number
+    # of batches in flight change nothing either.
+    rounded = Aligner.from_pretrained(
+        ckpt, encoder_attention=attention, batch_positions=600, workers=3, shapes=DEFAULT_SHAPES["gpu"]
+    )
+    assert timing(rounded.align(audio=audio, text=texts, language=langs)) == timing(singles)
+    one = Aligner.from_pretrained(ckpt, encoder_attention=attention, workers=1, shapes=Shapes(conv_piece=1))
+    assert timing(one.align(audio=audio, text=texts, language=langs)) == timing(singles)
     probs = np.array([[w.start_prob, w.end_prob] for r in batched for w in r])
     single_probs = np.array([[w.start_prob, w.end_prob] for r in singles for w in r])
     np.testing.assert_allclose(probs, single_probs, atol=1e-4)

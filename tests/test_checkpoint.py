@@ -92,9 +92,7 @@ def test_quantized_layout_is_the_aufklarer_one(quantized):
     assert s.dtype == mx.float16 and s.shape == (64, 128 // 64)
     assert raw["thinker.audio_tower.conv2d1.weight"].shape == (8, 1, 3, 3)
     floats = [
-        k
-        for k in raw
-        if not k.endswith((".scales", ".biases")) and k.removesuffix(".weight") + ".scales" not in raw
+        k for k in raw if not k.endswith((".scales", ".biases")) and k.removesuffix(".weight") + ".scales" not in raw
     ]
     assert floats and all(raw[k].dtype == mx.float16 for k in floats)
     config = json.loads((quantized / "quantize_config.json").read_text())["quantization"]
@@ -124,9 +122,7 @@ def test_quantized_weights_within_half_a_step(ckpt, quantized):
         name = key.removesuffix(".scales") + ".weight"
         step = np.abs(np.repeat(np.array(raw[key].astype(mx.float32)), 64, axis=1))
         err = np.abs(np.array(deq[name]) - np.array(ref[name]))
-        bias = np.abs(
-            np.repeat(np.array(raw[key.replace(".scales", ".biases")].astype(mx.float32)), 64, axis=1)
-        )
+        bias = np.abs(np.repeat(np.array(raw[key.replace(".scales", ".biases")].astype(mx.float32)), 64, axis=1))
         fp16 = (15 * step + bias) * 2.0**-11  # scale and bias are stored in fp16
         assert (err <= step / 2 + fp16 + 1e-6).all(), name
 
@@ -156,9 +152,7 @@ def test_quantized_logits_close_to_float(ckpt, tmp_path):
 
 def test_repo_id_without_network_says_how_to_pass_a_folder(tmp_path):
     """No network: a repo id fails with a message naming the repo and how to pass a local folder."""
-    code = (
-        "from corpus_aligner.checkpoint import resolve\nresolve('aufklarer/Qwen3-ForcedAligner-0.6B-4bit')\n"
-    )
+    code = "from corpus_aligner.checkpoint import resolve\nresolve('aufklarer/Qwen3-ForcedAligner-0.6B-4bit')\n"
     env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode != 0

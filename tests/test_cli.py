@@ -65,12 +65,13 @@ def test_main_job_on_the_shipped_sample_and_rerun(tmp_path: Path, tiny_checkpoin
     assert report["utterances"]["aligned"] == 7 and report["words"]["total"] == words.height
     assert (run_dir / "report.txt").read_text().startswith("utterances: 7")
 
+    parts = sorted((run_dir / "parts").rglob("*.parquet"))
     again = run_cli(run_dir, *args)
     assert again.returncode == 0, again.stderr
     assert "this run: 0 utterances" in again.stdout
     assert pl.read_parquet(run_dir / "words.parquet").equals(words)
     assert pl.read_parquet(run_dir / "utterances.parquet").equals(utts)
-    assert len(list((run_dir / "parts").rglob("utterances-*.parquet"))) == 1
+    assert sorted((run_dir / "parts").rglob("*.parquet")) == parts  # the rerun wrote no new part
 
 
 def test_tiny_corpus_with_bad_cases_and_generated_checkpoint(tmp_path: Path, read_with_praat) -> None:

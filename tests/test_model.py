@@ -99,9 +99,7 @@ def test_windowed_matches_official_block_mask(ckpt, model, n_frames):
     """Beyond 8 s, windowed mode equals the official encoder run with its own cu_seqlens windows."""
     features = np.random.default_rng(n_frames).standard_normal((n_frames, 128)).astype(np.float32)
     ours = np.array(model.audio_tower(plan_batch([features], model.args.encoder, "windowed")))
-    np.testing.assert_allclose(
-        ours, official_encoder(ckpt, features, windowed=True), atol=ENCODER_TOL, rtol=0
-    )
+    np.testing.assert_allclose(ours, official_encoder(ckpt, features, windowed=True), atol=ENCODER_TOL, rtol=0)
     np.testing.assert_allclose(
         np.array(model.audio_tower(plan_batch([features], model.args.encoder, "full"))),
         official_encoder(ckpt, features, windowed=False),
@@ -126,6 +124,4 @@ def test_short_single_chunk_matches_official(ckpt, model):
     """A clip under one chunk is not padded by the official code; our masked convs give the same."""
     features = np.random.default_rng(5).standard_normal((45, 128)).astype(np.float32)
     ours = np.array(model.audio_tower(plan_batch([features], model.args.encoder, "full")))
-    np.testing.assert_allclose(
-        ours, official_encoder(ckpt, features, windowed=False), atol=ENCODER_TOL, rtol=0
-    )
+    np.testing.assert_allclose(ours, official_encoder(ckpt, features, windowed=False), atol=ENCODER_TOL, rtol=0)

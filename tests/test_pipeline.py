@@ -98,15 +98,15 @@ def test_crash_loses_at_most_the_batch_in_flight(
     pipeline.run(config(corpus.root, tmp_path / "clean", tiny_checkpoint_dir, max_utterances=1))
 
     calls = {"n": 0}
-    real_run = pipeline.BatchRunner.run
+    real_align = pipeline.BatchRunner.align
 
-    def crashing_run(self, items):
+    def crashing_align(self, ready, features):
         calls["n"] += 1
         if calls["n"] == 3:
             raise MemoryError("simulated crash in batch 3")
-        return real_run(self, items)
+        return real_align(self, ready, features)
 
-    monkeypatch.setattr(pipeline.BatchRunner, "run", crashing_run)
+    monkeypatch.setattr(pipeline.BatchRunner, "align", crashing_align)
     cfg = config(corpus.root, tmp_path / "out", tiny_checkpoint_dir, max_utterances=1)
     with pytest.raises(MemoryError):
         pipeline.run(cfg)
@@ -114,7 +114,7 @@ def test_crash_loses_at_most_the_batch_in_flight(
     assert len(list(shard.glob("utterances-*.parquet"))) == 2
     # A crash between the two writes of a batch leaves an orphan words part: it must not count.
     shutil.copy(shard / "words-000002.parquet", shard / "words-000003.parquet")
-    monkeypatch.setattr(pipeline.BatchRunner, "run", real_run)
+    monkeypatch.setattr(pipeline.BatchRunner, "align", real_align)
     result = pipeline.run(cfg)
     assert result.n_skipped == 2
     words_parts = sorted(p.name.removeprefix("words-") for p in shard.glob("words-*.parquet"))

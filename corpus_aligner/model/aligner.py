@@ -25,9 +25,7 @@ class ForcedAligner(nn.Module):
         self.model = TextModel(args.decoder)
         self.lm_head = nn.Linear(args.decoder.hidden_size, args.classify_num, bias=False)
 
-    def __call__(
-        self, input_ids: mx.array, audio_src: mx.array, slots: mx.array, plan: EncoderPlan
-    ) -> mx.array:
+    def __call__(self, input_ids: mx.array, audio_src: mx.array, slots: mx.array, plan: EncoderPlan) -> mx.array:
         """Logits at the timestamp slots.
 
         input_ids (B, S) right-padded; audio_src (B, S) row of the encoder output that replaces each
@@ -38,8 +36,7 @@ class ForcedAligner(nn.Module):
         embeds = self.model.embed_tokens(input_ids)  # (B, S, D)
         is_audio = (audio_src >= 0)[..., None]
         embeds = mx.where(is_audio, audio.astype(embeds.dtype)[mx.maximum(audio_src, 0)], embeds)
-        hidden = self.model(embeds)
-        hidden = mx.take_along_axis(hidden, slots[..., None], axis=1)  # (B, K, D)
+        hidden = self.model(embeds, rows=slots)  # (B, K, D)
         return self.lm_head(self.model.norm(hidden))
 
     @staticmethod

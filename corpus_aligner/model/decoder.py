@@ -2,7 +2,8 @@
 
 Sequences are right-padded: with causal attention a real token never sees a pad after it, so no
 key-padding mask is needed, and positions are 0..S-1 for every row (the official M-RoPE reduces to
-plain 1-D RoPE, model.md §3).
+plain 1-D RoPE, model.md §3). Only the `<timestamp>` slots are read out, so the last layer computes
+queries, attention output and MLP at those rows alone (its keys and values still cover every position).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import mlx.core as mx
 import mlx.nn as nn
 
+from corpus_aligner.model import fastmath
 from corpus_aligner.model.args import DecoderArgs
 
 
@@ -29,16 +31,59 @@ class Attention(nn.Module):
         self.q_norm = nn.RMSNorm(self.head_dim, eps=args.rms_norm_eps)
         self.k_norm = nn.RMSNorm(self.head_dim, eps=args.rms_norm_eps)
 
+    def rope(self, x: mx.array) -> mx.array:
+        # NeoX-style rotate-half RoPE after the q/k norms, as the official code.
+        return mx.fast.rope(x, self.head_dim, traditional=False, base=self.rope_theta, scale=1.0, offset=0)
+
+    def keys_values(self, x: mx.array) -> tuple[mx.array, mx.array]:
+        B, S, _ = x.shape
+        k = self.k_norm(self.k_proj(x).reshape(B, S, self.n_kv_heads, -1)).transpose(0, 2, 1, 3)  # (B, KV, S, hd)
+        v = self.v_proj(x).reshape(B, S, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
+        return self.rope(k), v
+
     def __call__(self, x: mx.array) -> mx.array:
         B, S, _ = x.shape
-        q = self.q_norm(self.q_proj(x).reshape(B, S, self.n_heads, -1)).transpose(0, 2, 1, 3)  # (B, H, S, hd)
-        k = self.k_norm(self.k_proj(x).reshape(B, S, self.n_kv_heads, -1)).transpose(0, 2, 1, 3)
-        v = self.v_proj(x).reshape(B, S, self.n_kv_heads, -1).transpose(0, 2, 1, 3)  # (B, KV, S, hd)
-        # NeoX-style rotate-half RoPE after the q/k norms, as the official code.
-        q = mx.fast.rope(q, self.head_dim, traditional=False, base=self.rope_theta, scale=1.0, offset=0)
-        k = mx.fast.rope(k, self.head_dim, traditional=False, base=self.rope_theta, scale=1.0, offset=0)
-        o = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask="causal")
+        q = self.rope(self.q_norm(self.q_proj(x).reshape(B, S, self.n_heads, -1)).transpose(0, 2, 1, 3))
+        k, v = self.keys_values(x)
+        o = causal_attention(q, k, v, self.scale)  # (B, H, S, hd)
         return self.o_proj(o.transpose(0, 2, 1, 3).reshape(B, S, -1))
+
+    def at_rows(self, x: mx.array, rows: mx.array) -> mx.array:
+        """Attention output of the rows `rows` (B, K) only, each attending to positions <= its own."""
+        B, S, _ = x.shape
+        K = rows.shape[1]
+        xq = mx.take_along_axis(x, rows[..., None], axis=1)  # (B, K, D)
+        q = self.q_norm(self.q_proj(xq).reshape(B * K, 1, self.n_heads, -1)).transpose(0, 2, 1, 3)  # (BK, H, 1, hd)
+        q = mx.fast.rope(
+            q, self.head_dim, traditional=False, base=self.rope_theta, scale=1.0, offset=rows.reshape(-1)
+        )  # one position per row: the same rotation as `rope` gives at that position
+        q = q.reshape(B, K, self.n_heads, -1).transpose(0, 2, 1, 3)  # (B, H, K, hd)
+        k, v = self.keys_values(x)
+        visible = mx.arange(S)[None, None, None, :] <= rows[:, None, :, None]  # (B, 1, K, S)
+        o = grouped_attention(q, k, v, self.scale, visible)
+        return self.o_proj(o.transpose(0, 2, 1, 3).reshape(B, K, -1))
+
+
+def causal_attention(q: mx.array, k: mx.array, v: mx.array, scale: float) -> mx.array:
+    """(B, H, S, hd) queries over (B, KV, S, hd) keys/values, causal."""
+    if not fastmath.use_fast_math():
+        return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask="causal")
+    S = q.shape[2]
+    visible = mx.arange(S)[:, None] >= mx.arange(S)[None, :]  # (S, S)
+    return grouped_attention(q, k, v, scale, visible)
+
+
+def grouped_attention(q: mx.array, k: mx.array, v: mx.array, scale: float, visible: mx.array) -> mx.array:
+    """Explicit GQA attention (query heads 2g, 2g+1 share kv head g) with a boolean visibility mask."""
+    if not fastmath.use_fast_math():
+        return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=visible)
+    B, H, Q, hd = q.shape
+    KV = k.shape[1]
+    reps = H // KV
+    g = q.reshape(B, KV, reps * Q, hd)  # the heads of a group stacked along rows: (B, KV, G*Q, hd)
+    scores = (g * scale) @ k.transpose(0, 1, 3, 2)  # (B, KV, G*Q, S)
+    mask = mx.tile(visible, (reps, 1)) if visible.ndim == 2 else mx.tile(visible, (1, 1, reps, 1))
+    return (fastmath.softmax(mx.where(mask, scores, -mx.inf)) @ v).reshape(B, H, Q, hd)
 
 
 class MLP(nn.Module):
@@ -49,6 +94,8 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(args.intermediate_size, args.hidden_size, bias=False)
 
     def __call__(self, x: mx.array) -> mx.array:
+        if fastmath.use_fast_math():
+            return self.down_proj(fastmath.silu_mul(self.gate_proj(x), self.up_proj(x)))
         return self.down_proj(nn.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
@@ -64,17 +111,26 @@ class DecoderLayer(nn.Module):
         x = x + self.self_attn(self.input_layernorm(x))
         return x + self.mlp(self.post_attention_layernorm(x))
 
+    def at_rows(self, x: mx.array, rows: mx.array) -> mx.array:
+        """The layer's output at `rows` (B, K) only: (B, K, D)."""
+        out = mx.take_along_axis(x, rows[..., None], axis=1)
+        out = out + self.self_attn.at_rows(self.input_layernorm(x), rows)
+        return out + self.mlp(self.post_attention_layernorm(out))
+
 
 class TextModel(nn.Module):
     def __init__(self, args: DecoderArgs):
         super().__init__()
+        self.args = args
         self.embed_tokens = nn.Embedding(args.vocab_size, args.hidden_size)
         self.layers = [DecoderLayer(args) for _ in range(args.num_hidden_layers)]
         self.norm = nn.RMSNorm(args.hidden_size, eps=args.rms_norm_eps)
 
-    def __call__(self, embeds: mx.array) -> mx.array:
-        """(B, S, hidden) input embeddings -> (B, S, hidden) final hidden states, before `norm`."""
+    def __call__(self, embeds: mx.array, rows: mx.array | None = None) -> mx.array:
+        """(B, S, hidden) input embeddings -> final hidden states before `norm`: (B, S, hidden), or
+        (B, K, hidden) at `rows` (B, K) when given (the last layer then runs at those rows only)."""
         x = embeds
-        for layer in self.layers:
+        layers = self.layers if rows is None else self.layers[:-1]
+        for layer in layers:
             x = layer(x)
-        return x
+        return x if rows is None else self.layers[-1].at_rows(x, rows)

@@ -118,9 +118,7 @@ def _write(folder: Path, args: AlignerArgs, special_ids: dict[str, int], seed: i
     (folder / "tokenizer_config.json").write_text(json.dumps(_tokenizer_config(special_ids), indent=2))
     (folder / "preprocessor_config.json").write_text(json.dumps(PREPROCESSOR_CONFIG, indent=2))
     (folder / "generation_config.json").write_text(
-        json.dumps(
-            {"eos_token_id": [special_ids["<|endoftext|>"], special_ids["<|im_end|>"]], "do_sample": False}
-        )
+        json.dumps({"eos_token_id": [special_ids["<|endoftext|>"], special_ids["<|im_end|>"]], "do_sample": False})
     )
     model = ForcedAligner(args)
     model.update(_random_parameters(model, seed))
