@@ -97,6 +97,7 @@ class Aligner:
         *,
         encoder_attention: str = "windowed",
         dtype: str | None = None,
+        quantized: bool | None = None,
         revision: str | None = None,
         pretokenizer: str = "qwen2",
         batch_positions: int | None = None,
@@ -107,7 +108,9 @@ class Aligner:
 
         encoder_attention: "windowed" (8-s windows, how the model is served; default) or "full" (what the
         official code does on the CPU). dtype: None picks per device (float32 on the CPU), or one of
-        "float32", "float16", "bfloat16". pretokenizer: "qwen2" (default) or "mistral" (model.md §10 D2).
+        "float32", "float16", "bfloat16"; quantized: keep a 4-bit checkpoint's layers quantized (True),
+        dequantize them (False) or choose per device (None; see `checkpoint.load_model`).
+        pretokenizer: "qwen2" (default) or "mistral" (model.md §10 D2).
         batch_positions: decoder positions per batch, padding included (default per device); workers:
         batches in flight at once (`align_batches`; default per device, see `default_workers`); shapes:
         how batch dimensions are rounded (default per device, `DEFAULT_SHAPES`).
@@ -117,7 +120,7 @@ class Aligner:
         cpu_blas.ensure_fast_blas()
         info = resolve(path_or_repo_id, revision)
         config = read_config(info.path)
-        model = load_model(info.path, dtype=dtype)
+        model = load_model(info.path, dtype=dtype, quantized=quantized)
         a = model.args
         ids = SpecialIds(a.audio_start_token_id, a.audio_token_id, a.audio_end_token_id, a.timestamp_token_id)
         if "timestamp_token_id" not in config:

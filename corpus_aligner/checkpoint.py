@@ -122,13 +122,17 @@ def dequantize_weights(weights: dict[str, mx.array], group_size: int, bits: int)
     return out
 
 
-def load_model(folder: Path, dtype: str | None = None, device: str | None = None) -> ForcedAligner:
+def load_model(
+    folder: Path, dtype: str | None = None, device: str | None = None, quantized: bool | None = None
+) -> ForcedAligner:
     """Build the model and load the folder's weights strictly.
 
-    dtype None picks per device: the CPU computes everything in float32 (4-bit layers dequantized, as
-    half/4-bit matmuls are far slower there); a GPU keeps encoder/head in float16 and the decoder as the
-    checkpoint stores it (4-bit stays 4-bit, bf16 stays bf16). "float32"/"float16"/"bfloat16" force one
-    float dtype (4-bit layers stay quantized unless float32).
+    dtype None picks per device: the CPU computes everything in float32 (half/4-bit matmuls are far slower
+    there); a GPU computes the encoder/head in float16 and the decoder in bfloat16, 4-bit layers
+    dequantized (on an H100 the bf16 decoder aligned 4.1-4.7k audio-s/s, the 4-bit one 2.2-3.4k:
+    scripts/bench_align.py --quantize 4). "float32"/"float16"/"bfloat16" force one float dtype.
+    quantized: True keeps the checkpoint's 4-bit layers as QuantizedLinear (less memory), False
+    dequantizes them; None keeps them only with a forced half dtype.
     """
     config = read_config(folder)
     model = ForcedAligner(AlignerArgs.from_config(config))
@@ -137,7 +141,8 @@ def load_model(folder: Path, dtype: str | None = None, device: str | None = None
     on_cpu = (device or default_device()) == "cpu"
     if dtype is not None and dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)} or None, got {dtype!r}")
-    if dtype == "float32" or (dtype is None and on_cpu):
+    keep = quantized if quantized is not None else dtype in ("float16", "bfloat16")
+    if dtype == "float32" or (dtype is None and on_cpu) or not keep:
         weights = dequantize_weights(weights, group_size, bits)
     if any(k.endswith(".scales") for k in weights):
         nn.quantize(
@@ -147,7 +152,7 @@ def load_model(folder: Path, dtype: str | None = None, device: str | None = None
             class_predicate=lambda p, m: f"{p}.scales" in weights,  # type: ignore[arg-type]
         )
     model.load_weights(list(weights.items()), strict=True)
-    _cast(model, dtype, on_cpu, decoder_dtype_of(weights))
+    _cast(model, dtype, on_cpu)
     mx.eval(model.parameters())
     model.eval()
     return model
@@ -157,19 +162,14 @@ def default_device() -> str:
     return "gpu" if mx.default_device() == mx.gpu else "cpu"
 
 
-def decoder_dtype_of(weights: dict[str, mx.array]) -> mx.Dtype:
-    return weights["model.norm.weight"].dtype
-
-
-def _cast(model: ForcedAligner, dtype: str | None, on_cpu: bool, decoder_dtype: mx.Dtype) -> None:
+def _cast(model: ForcedAligner, dtype: str | None, on_cpu: bool) -> None:
     """Cast float parameters; quantized codes (uint32) are never touched."""
     if dtype is not None:
         enc = dec = DTYPES[dtype]
     elif on_cpu:
         enc = dec = mx.float32
     else:
-        enc = mx.float16
-        dec = decoder_dtype if decoder_dtype != mx.float32 else mx.bfloat16
+        enc, dec = mx.float16, mx.bfloat16
     for module, target in ((model.audio_tower, enc), (model.lm_head, enc), (model.model, dec)):
         module.apply(lambda x, t=target: x.astype(t) if mx.issubdtype(x.dtype, mx.floating) else x)
 

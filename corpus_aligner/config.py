@@ -46,8 +46,11 @@ class ModelConfig:
     # A Hugging Face repo id or a local checkpoint folder (official or MLX layout).
     path: str = MISSING
     revision: str | None = None
-    # None: float32 on the CPU, the checkpoint's own dtype on a GPU.
+    # None: float32 on the CPU; on a GPU encoder/head float16 and decoder bfloat16 (measured fastest).
     dtype: str | None = None
+    # A 4-bit checkpoint's layers: true keeps them quantized (less memory), false dequantizes, null picks
+    # (dequantized unless dtype is float16/bfloat16).
+    quantized: bool | None = None
     # "windowed" (8-s windows, how the model is served) or "full" (the official CPU behaviour).
     encoder_attention: str = "windowed"
     # True (model=tiny): `path` is a folder that receives a tiny RANDOM checkpoint if it has none.

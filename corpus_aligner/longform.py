@@ -127,6 +127,37 @@ def commit(
     return placed[: anchor + 1], Cursor(placed[anchor].end_s, window.first_word + anchor + 1)
 
 
+def tail_window(
+    placed: Sequence[PlacedWord],
+    duration_s: float,
+    rules: LongformConfig,
+    low_probability: float,
+    tick_s: float,
+    index: int,
+) -> Window | None:
+    """The window that re-aligns `placed`'s collapsed tail after its last good word (module docstring, step
+    3), or None when there is no collapsed tail, nothing to anchor on, or too little audio for the words."""
+    tail = collapsed_tail([(p.start_s, p.end_s) for p in placed], rules.collapse_min_words)
+    if tail == 0:
+        return None
+    anchor = choose_anchor(placed, len(placed) - tail - 1 - rules.backoff_words, low_probability)
+    start = placed[anchor].end_s if anchor >= 0 else 0.0
+    n = len(placed) - (anchor + 1)
+    if anchor < 0 or int((duration_s - start) / tick_s) < n:
+        return None
+    return Window(index, start, duration_s, anchor + 1, n, True, start)
+
+
+def accept_tail(
+    placed: Sequence[PlacedWord], window: Window, aligned: Sequence[AlignedWord], rules: LongformConfig
+) -> list[PlacedWord] | None:
+    """`placed` with the tail from `window` re-aligned as `aligned`, or None if that collapses no less."""
+    candidate = list(placed[: window.first_word]) + place(window, aligned)
+    before = collapsed_tail([(p.start_s, p.end_s) for p in placed], rules.collapse_min_words)
+    after = collapsed_tail([(p.start_s, p.end_s) for p in candidate], rules.collapse_min_words)
+    return candidate if after < before else None
+
+
 def recover_tail(
     placed: Sequence[PlacedWord],
     align: AlignFn,
@@ -136,29 +167,22 @@ def recover_tail(
     low_probability: float,
     tick_s: float,
 ) -> Aligned:
-    """Re-align a collapsed tail after the last good word before it (module docstring, step 3).
+    """Re-align a collapsed tail after the last good word before it (module docstring, step 3), one
+    pass at a time (`tail_window`, `align`, `accept_tail`); the pipeline runs the same steps batched.
 
     `placed` is every word of the utterance; the result counts the extra passes it kept or tried.
     """
     placed, passes = list(placed), 0
     next_index = max((p.window for p in placed), default=-1) + 1
     for _ in range(rules.max_recoveries if rules.recover_collapse else 0):
-        tail = collapsed_tail([(p.start_s, p.end_s) for p in placed], rules.collapse_min_words)
-        if tail == 0:
+        window = tail_window(placed, duration_s, rules, low_probability, tick_s, next_index + passes)
+        if window is None:
             break
-        first_collapsed = len(placed) - tail
-        anchor = choose_anchor(placed, first_collapsed - 1 - rules.backoff_words, low_probability)
-        start = placed[anchor].end_s if anchor >= 0 else 0.0
-        n = len(placed) - (anchor + 1)
-        if anchor < 0 or int((duration_s - start) / tick_s) < n:
-            break  # nothing to anchor on, or too little audio left to hold the words
-        window = Window(next_index + passes, start, duration_s, anchor + 1, n, True, start)
-        again = place(window, align(window, tokens[anchor + 1 :]))
+        better = accept_tail(placed, window, align(window, tokens[window.first_word :]), rules)
         passes += 1
-        candidate = placed[: anchor + 1] + again
-        if collapsed_tail([(p.start_s, p.end_s) for p in candidate], rules.collapse_min_words) >= tail:
+        if better is None:
             break  # no better: keep what there is (flagged)
-        placed = candidate
+        placed = better
     return Aligned(tuple(placed), passes)
 
 

@@ -13,14 +13,14 @@ from __future__ import annotations
 import logging
 import sys
 import threading
-from collections import defaultdict
-from collections.abc import Iterator
+from collections import defaultdict, deque
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from time import perf_counter
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from tqdm import tqdm
@@ -32,7 +32,8 @@ from corpus_aligner.config import AlignConfig, AppConfig
 from corpus_aligner.corpus import Utterance
 from corpus_aligner.errors import AlignerError
 from corpus_aligner.frontend import log_mel, n_mel_frames
-from corpus_aligner.longform import Aligned, AlignFn, Window, align_windows, is_long, recover_tail
+from corpus_aligner.longform import Aligned, AlignFn, Window, accept_tail, align_windows, is_long, tail_window
+from corpus_aligner.mlx_threads import worker_threads
 from corpus_aligner.normalize import Word
 from corpus_aligner.prefetch import run_ahead
 from corpus_aligner.quality import collapsed_tail, flagged_share, word_flags
@@ -43,6 +44,7 @@ from corpus_aligner.writers.parquet import Outcome, utterance_row, utterances_fr
 from corpus_aligner.writers.textgrid import write_textgrid
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -130,13 +132,12 @@ def load_waves(items: list[Prepared]) -> tuple[list[tuple[Prepared, np.ndarray]]
     return ready, failed
 
 
-def align_items(aligner: Aligner, items: list[Prepared], features: list) -> list[Any]:
+def align_items(aligner: Aligner, tokens: list[list[str]], features: list) -> list[Any]:
     """Each item's AlignedWords, or the AlignerError that stopped it (a failing batch is retried item by item)."""
-    tokens = [[w.token for w in p.words] for p in items]
     try:
         return list(aligner.align_features(features, tokens))
     except AlignerError:
-        if len(items) == 1:
+        if len(tokens) == 1:
             raise
     results: list[Any] = []
     for feats, toks in zip(features, tokens):  # output does not depend on batch composition
@@ -212,39 +213,82 @@ class BatchRunner:
         self.add_time("write", perf_counter() - start)
         return word_rows_out, utt_rows
 
+    def timed_align(self, loaded: Loaded) -> list[Aligned | AlignerError]:
+        with self.timed("align"):  # summed over model workers
+            return self.align(loaded.ready, loaded.features)
+
     def align(
         self, ready: list[tuple[Prepared, np.ndarray]], features: list[np.ndarray | None]
     ) -> list[Aligned | AlignerError]:
-        """Short utterances in one batched pass (then tail recovery one by one), long ones window by window.
+        """Short utterances in one batched pass, then their collapsed tails re-aligned in batched rounds;
+        long recordings window by window.
 
         features: the log-mel of each short item of `ready` (None for long ones)."""
         rules, low = self.cfg.long, self.cfg.low_probability
-        results: list[Aligned | AlignerError] = []
-        short = [(p, f) for (p, _), f in zip(ready, features) if not p.long and f is not None]
-        single: list[list[AlignedWord] | AlignerError]
+        results: list[Aligned | AlignerError | None] = [None] * len(ready)
+        short = [k for k, ((p, _), f) in enumerate(zip(ready, features)) if not p.long and f is not None]
+        tokens = [[w.token for w in p.words] for p, _ in ready]
+        first: list[list[AlignedWord] | AlignerError] = []
         try:
-            single = align_items(self.aligner, [p for p, _ in short], [f for _, f in short]) if short else []
+            first = align_items(self.aligner, [tokens[k] for k in short], [features[k] for k in short]) if short else []
         except AlignerError as exc:
-            single = [exc] * len(short)
-        by_id = {p.utt.utt_id: r for (p, _), r in zip(short, single)}
-        for p, wave in ready:
-            tokens = [w.token for w in p.words]
-            try:
-                if p.long:
+            first = [exc] * len(short)
+        placed: dict[int, list[PlacedWord]] = {}
+        for k, r in zip(short, first):
+            if isinstance(r, AlignerError):
+                results[k] = r
+            else:
+                placed[k] = [PlacedWord(a, 0, 0.0, ready[k][0].duration_s) for a in r]
+        passes = dict.fromkeys(placed, 1)
+        self.recover_tails(ready, tokens, placed, passes, results)
+        for k, words in placed.items():
+            results[k] = Aligned(tuple(words), passes[k])
+        for k, (p, wave) in enumerate(ready):
+            if p.long:
+                try:
                     aligner = window_aligner(self.aligner, wave)
-                    results.append(align_windows(aligner, tokens, p.duration_s, rules, low, self.tick_s))
+                    results[k] = align_windows(aligner, tokens[k], p.duration_s, rules, low, self.tick_s)
+                except AlignerError as exc:
+                    results[k] = exc
+        return [r if r is not None else AlignerError("no features") for r in results]
+
+    def recover_tails(
+        self,
+        ready: list[tuple[Prepared, np.ndarray]],
+        tokens: list[list[str]],
+        placed: dict[int, list[PlacedWord]],
+        passes: dict[int, int],
+        results: list[Aligned | AlignerError | None],
+    ) -> None:
+        """longform.recover_tail for every item of `placed` at once: each round aligns the tail windows of all
+        items that still have a collapsed tail as one batch (updates `placed` and `passes`; an item whose
+        pass fails gets its error in `results` and leaves `placed`)."""
+        rules, low = self.cfg.long, self.cfg.low_probability
+        active = list(placed)
+        for _ in range(rules.max_recoveries if rules.recover_collapse else 0):
+            todo = []
+            for k in active:
+                window = tail_window(placed[k], ready[k][0].duration_s, rules, low, self.tick_s, passes[k])
+                if window is not None:
+                    todo.append((k, window))
+            if not todo:
+                return
+            feats = []
+            for k, w in todo:
+                a, b = round(w.start_s * SAMPLE_RATE_HZ), round(w.end_s * SAMPLE_RATE_HZ)
+                feats.append(log_mel(ready[k][1][a:b]))
+            again = align_items(self.aligner, [tokens[k][w.first_word :] for k, w in todo], feats)
+            active = []
+            for (k, window), aligned in zip(todo, again):
+                passes[k] += 1
+                if isinstance(aligned, AlignerError):
+                    results[k] = aligned
+                    del placed[k]
                     continue
-                first = by_id[p.utt.utt_id]
-                if isinstance(first, AlignerError):
-                    raise first
-                placed = [PlacedWord(a, 0, 0.0, p.duration_s) for a in first]
-                again = recover_tail(
-                    placed, window_aligner(self.aligner, wave), tokens, p.duration_s, rules, low, self.tick_s
-                )
-                results.append(Aligned(again.placed, 1 + again.windows))
-            except AlignerError as exc:
-                results.append(exc)
-        return results
+                better = accept_tail(placed[k], window, aligned, rules)
+                if better is not None:
+                    placed[k] = better
+                    active.append(k)
 
     def rows(self, p: Prepared, result: Aligned) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         flags = word_flags(result.placed, self.tick_s, self.cfg.low_probability, self.cfg.long.collapse_min_words)
@@ -266,6 +310,16 @@ class BatchRunner:
         spans = [(r["start_s"], r["end_s"], r["word"]) for r in rows]
         write_textgrid(self.output_dir / rel, spans, p.utt.text, p.duration_s)
         return rel.as_posix()
+
+
+def done_future(fn: Callable[..., T], *args: Any) -> Future[T]:
+    """`fn(*args)` run now, as a completed Future (its exception kept for `.result()`)."""
+    future: Future[T] = Future()
+    try:
+        future.set_result(fn(*args))
+    except BaseException as exc:  # handed on through the future, like a worker thread's
+        future.set_exception(exc)
+    return future
 
 
 def progress_bar(total_s: float, enabled: bool) -> tqdm:
@@ -315,12 +369,16 @@ def run(cfg: AppConfig) -> RunResult:
             run_ahead(runner.load, item_lists, cfg.batch.prefetch_batches, cfg.batch.loader_threads) as loads,
             ThreadPoolExecutor(1, thread_name_prefix="writer") as writer,
         ):
+            # Up to `aligner.workers` batches align at once, each on its own MLX stream (a GPU overlaps one
+            # batch's host work with another's kernels; the CPU default is one, in this thread).
+            lanes = worker_threads(aligner.workers) if aligner.workers > 1 else None
+            aligning: deque[tuple[list[Prepared], Loaded, Future[list[Aligned | AlignerError]]]] = deque()
             written: Future[None] | None = None
-            for items, loaded in zip(item_lists, loads):
-                if stop.requested:
-                    break
-                with runner.timed("align"):
-                    results = runner.align(loaded.ready, loaded.features)
+
+            def finish() -> None:
+                nonlocal written, n_batches, done_s
+                items, loaded, future = aligning.popleft()
+                results = future.result()
                 if written is not None:
                     with runner.timed("write_wait"):
                         written.result()  # re-raises a write error; at most one batch waits to be written
@@ -330,6 +388,18 @@ def run(cfg: AppConfig) -> RunResult:
                 done_s += batch_s
                 bar.set_postfix_str(f"RTF {(perf_counter() - loop_start) / max(done_s, 1e-9):.3f}", refresh=False)
                 bar.update(batch_s / 3600)
+
+            for items, loaded in zip(item_lists, loads):
+                if stop.requested:
+                    break
+                if lanes is None:
+                    aligning.append((items, loaded, done_future(runner.timed_align, loaded)))
+                else:
+                    aligning.append((items, loaded, lanes.submit(runner.timed_align, loaded)))
+                if len(aligning) >= aligner.workers:
+                    finish()
+            while aligning:  # also after a stop request: the batches in flight are finished and committed
+                finish()
             if written is not None:
                 written.result()
     loop_s = perf_counter() - loop_start

@@ -38,7 +38,11 @@ def load_aligner(cfg: ModelConfig) -> Aligner:
             tiny_checkpoint(folder, seed=cfg.tiny_seed)
         log.warning("model=tiny: a tiny checkpoint with RANDOM weights (%s); the times are MEANINGLESS", folder)
     return Aligner.from_pretrained(
-        cfg.path, encoder_attention=cfg.encoder_attention, dtype=cfg.dtype, revision=cfg.revision
+        cfg.path,
+        encoder_attention=cfg.encoder_attention,
+        dtype=cfg.dtype,
+        quantized=cfg.quantized,
+        revision=cfg.revision,
     )
 
 
@@ -49,6 +53,7 @@ def settings_identity(cfg: AppConfig, fingerprint: str) -> dict[str, Any]:
         "corpus": corpus_identity(cfg.corpus),
         "model": fingerprint,
         "dtype": cfg.model.dtype,
+        "quantized": cfg.model.quantized,
         "encoder_attention": cfg.model.encoder_attention,
         "align": asdict(cfg.align),
         "textgrid": cfg.output.textgrid,

@@ -53,7 +53,13 @@ def main() -> None:
     parser.add_argument("--tokenizer-files", type=Path, default=None, help="folder with the real vocab.json/merges.txt")
     parser.add_argument("--text-root", type=Path, default=None, help="LibriSpeech *.trans.txt for the transcripts")
     parser.add_argument("--pipeline", action="store_true", help="also time `python -m corpus_aligner` on the 1x corpus")
+    parser.add_argument(
+        "--pipeline-variant",
+        default=None,
+        help="space-separated overrides for a second main-job run, e.g. batch.loader_threads=4",
+    )
     parser.add_argument("--skip-official", action="store_true")
+    parser.add_argument("--model-only", action="store_true", help="only our model-only figure (e.g. with --quantize)")
     parser.add_argument("--json", type=Path, default=None, help="write every figure here")
     args = parser.parse_args()
 
@@ -79,7 +85,7 @@ def main() -> None:
     # whole device (both caching allocators keep what they touched, and side by side they ran out of memory).
     together = args.device == "cpu"
     sides = {"ours": Side("ours", ours_args)}
-    if not args.skip_official and together:
+    if not args.skip_official and not args.model_only and together:
         sides["official"] = Side("official", common)
     figures: dict[str, Any] = {"device": args.device, "utterances": len(one), "audio_s": sum(u.duration_s for u in one)}
     try:
@@ -87,7 +93,7 @@ def main() -> None:
     finally:
         for side in sides.values():
             side.close()
-    if not args.skip_official and not together:
+    if not args.skip_official and not args.model_only and not together:
         official = Side("official", common)
         try:
             figures.update(run_official_alone(args, official))
@@ -95,6 +101,8 @@ def main() -> None:
             official.close()
     if args.pipeline:
         figures["pipeline"] = run_pipeline(args, corpus)
+        if args.pipeline_variant:
+            figures["pipeline_variant"] = run_pipeline(args, corpus, args.pipeline_variant.split(), "variant")
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))
     print_table(figures)
@@ -133,12 +141,21 @@ def run_all(args: argparse.Namespace, sides: dict[str, Side], corpus: Any) -> di
     """Every figure; a step that fails is recorded as {"error": ...} and the others still run."""
     out: dict[str, Any] = {"ours_info": sides["ours"].ready}
     n = args.utterances
+    if args.model_only:
+        res = attempt("ours model-only", sides["ours"], {"cmd": "model", "blocks": 1, "first": 0, "stop": n})
+        return {**out, "ours_model_1x": res} if res else out
     official = sides.get("official")
     if official:
         out["official_info"] = official.ready
     rounds = args.rounds or (4 if args.device == "cpu" else 1)
     batch_sizes = [int(b) for b in (args.official_batch or ("1" if args.device == "cpu" else "8,32,64")).split(",")]
     ours_e2e, official_e2e = [], []
+    if args.device == "gpu":  # MLX builds kernels per new shape: a first pass shows that cost, then warm figures
+        res = attempt(
+            "ours e2e 1x cold", sides["ours"], {"cmd": "e2e", "blocks": 1, "tag": "1x-cold", "first": 0, "stop": n}
+        )
+        if res:
+            out["ours_e2e_1x_cold"] = res
     for r in range(rounds):  # end to end on the 1x corpus, the sides alternating round by round
         sub = {"first": r * n // rounds, "stop": (r + 1) * n // rounds}
         res = attempt(f"ours e2e round {r}", sides["ours"], {"cmd": "e2e", "blocks": 1, "tag": f"1x-r{r}", **sub})
@@ -215,20 +232,22 @@ def combine(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def run_pipeline(args: argparse.Namespace, corpus: Any) -> dict[str, Any]:
+def run_pipeline(
+    args: argparse.Namespace, corpus: Any, extra: list[str] | None = None, tag: str = ""
+) -> dict[str, Any]:
     """The corpus runner as shipped (`python -m corpus_aligner`), its own throughput figure."""
-    out_dir = args.out / "pipeline-1x"
+    out_dir = args.out / f"pipeline-1x{tag}"
     subprocess.run(["rm", "-rf", str(out_dir)], check=True)
     cmd = [sys.executable, "-m", "corpus_aligner", f"corpus.root={corpus.corpus_root}", "corpus.parts=[bench-0]",
            f"model.path={corpus.checkpoint}", f"batch={args.device}", f"output.dir={out_dir}",
-           "output.progress=false"]  # fmt: skip
+           "output.progress=false", *(extra or [])]  # fmt: skip
     t = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - t
     if done.returncode:
         return {"error": done.stderr[-2000:]}
-    report = json.loads((out_dir / "report.json").read_text())
-    return {"wall_s": wall, "this_run": report.get("this_run", report)}
+    run = json.loads((out_dir / "run.json").read_text())
+    return {"wall_s": wall, "this_run": run.get("this_run"), "timings_s": run.get("timings_s")}
 
 
 def fmt(r: dict[str, Any]) -> str:
@@ -246,6 +265,7 @@ def print_table(f: dict[str, Any]) -> None:
 
     rows = [
         ("ours model-only (1x)", f.get("ours_model_1x")),
+        ("ours end-to-end (1x, first pass)", f.get("ours_e2e_1x_cold")),
         ("ours end-to-end (1x)", f.get("ours_e2e_1x")),
         ("ours end-to-end (scaled)", f.get("ours_e2e_scaled")),
         ("official end-to-end", f.get("official_e2e")),
@@ -266,8 +286,18 @@ def print_table(f: dict[str, Any]) -> None:
             "official by batch size: "
             + ", ".join(f"{b}: {r['audio_s_per_s']:.1f}" for b, r in f["official_by_batch"].items())
         )
-    if f.get("pipeline"):
-        print(f"python -m corpus_aligner (as shipped, 1x): {json.dumps(f['pipeline'])[:400]}")
+    for key in ("pipeline", "pipeline_variant"):
+        if f.get(key):
+            p = f[key]
+            if "error" in p:
+                print(f"python -m corpus_aligner ({key}): FAILED {p['error'][-800:]}")
+                continue
+            run = p["this_run"]
+            print(
+                f"python -m corpus_aligner ({key}, 1x): {run['throughput_audio_s_per_s']:.1f} audio-s/s in its batch "
+                f"loop, {run['audio_s_processed'] / p['wall_s']:.1f} counting start-up; timings (s): "
+                + ", ".join(f"{k} {v:.2f}" for k, v in p["timings_s"].items())
+            )
     if f.get("ours_e2e_scaled") and f.get("ours_e2e_1x"):
         ratio = f["ours_e2e_scaled"]["audio_s_per_s"] / f["ours_e2e_1x"]["audio_s_per_s"]
         print(f"scaling: {f['ours_e2e_scaled']['audio_s']:.0f} s of audio ran at {ratio:.2f}x the 1x throughput")

@@ -75,9 +75,11 @@ def write_outputs(out_dir: str, seq: int, records: list[tuple[str, str, str, flo
 # ----- ours -----------------------------------------------------------------------------------------------
 class Ours:
     def __init__(self, args: argparse.Namespace):
+        import corpus_aligner  # noqa: F401  (OpenBLAS before MLX: keep this import first)
+
+        # isort: split
         import mlx.core as mx
 
-        import corpus_aligner  # noqa: F401  (OpenBLAS before MLX)
         from corpus_aligner import Aligner
         from corpus_aligner.prefetch import BackgroundWriter, FeaturePrefetcher
         from corpus_aligner.testing.bench_corpus import make_bench_corpus
@@ -100,7 +102,12 @@ class Ours:
 
         shapes = Shapes() if args.shapes == "none" else None
         self.aligner = Aligner.from_pretrained(
-            ckpt, dtype=args.dtype, batch_positions=args.budget, workers=args.workers, shapes=shapes
+            ckpt,
+            dtype=args.dtype,
+            quantized=True if args.quantize else None,  # --quantize measures the 4-bit decoder itself
+            batch_positions=args.budget,
+            workers=args.workers,
+            shapes=shapes,
         )
         self.load_s = time.perf_counter() - t
         self.out = args.out

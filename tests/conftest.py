@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+import corpus_aligner  # noqa: F401  (loads OpenBLAS before any test module imports mlx)
+
 PRAAT_SCRIPT = Path(__file__).parent / "praat" / "check_textgrids.praat"
 
 

@@ -111,6 +111,18 @@ def test_quantized_loads_quantized_exactly_where_scales_are(quantized):
     cpu = load_model(quantized)
     assert not any(isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding)) for _, m in cpu.named_modules())
     assert all(v.dtype == mx.float32 for _, v in tree_flatten(cpu.parameters()))
+    # GPU default: the decoder dequantized to bfloat16 (measured faster), encoder and head float16;
+    # quantized=True keeps the file's 4-bit layers, also with the per-device dtypes.
+    quant = (nn.QuantizedLinear, nn.QuantizedEmbedding)
+    gpu = load_model(quantized, device="gpu")
+    assert not any(isinstance(m, quant) for _, m in gpu.named_modules())
+    assert {v.dtype for _, v in tree_flatten(gpu.model.parameters())} == {mx.bfloat16}
+    assert {v.dtype for _, v in tree_flatten(gpu.audio_tower.parameters())} == {mx.float16}
+    kept = load_model(quantized, device="gpu", quantized=True)
+    assert sum(isinstance(m, quant) for _, m in kept.named_modules()) == sum(k.endswith(".scales") for k in raw)
+    assert not any(
+        isinstance(m, quant) for _, m in load_model(quantized, dtype="float16", quantized=False).named_modules()
+    )
 
 
 def test_quantized_weights_within_half_a_step(ckpt, quantized):

@@ -7,6 +7,7 @@ clamped); these tests check bookkeeping and invariants, never the times' values.
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import polars as pl
@@ -181,3 +182,28 @@ def test_progress_is_quiet_off_a_terminal() -> None:
     """Under pytest stderr is not a terminal: the bar stays silent even when enabled."""
     assert pipeline.progress_bar(3600.0, enabled=True).disable
     assert pipeline.progress_bar(3600.0, enabled=False).disable
+
+
+def test_loader_writer_and_model_lanes_change_nothing(
+    tmp_path: Path, tiny_checkpoint_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Prefetch off, one model lane (the CPU default) and the GPU's arrangement (batches loaded ahead by
+    threads, two batches aligning at once on their own MLX streams) write the same tables and TextGrids."""
+    corpus = tiny_librispeech(tmp_path / "corpus", speakers=3, utterances=3)
+    plain = config(corpus.root, tmp_path / "plain", tiny_checkpoint_dir, max_utterances=2)
+    plain = replace(plain, batch=replace(plain.batch, prefetch_batches=0))
+    pipeline.run(plain)
+    monkeypatch.setattr("corpus_aligner.api.default_workers", lambda device: 2)
+    lanes = config(corpus.root, tmp_path / "lanes", tiny_checkpoint_dir, max_utterances=2)
+    lanes = replace(lanes, batch=replace(lanes.batch, prefetch_batches=3, loader_threads=3))
+    result = pipeline.run(lanes)
+    assert result.report["utterances"]["aligned"] == len(corpus.expected)
+    assert len(list((tmp_path / "lanes" / "parts").rglob("utterances-*.parquet"))) > 3
+    for a, b in zip(tables(tmp_path / "plain"), tables(tmp_path / "lanes")):
+        assert_frame_equal(a, b)
+    grids = sorted(p.relative_to(tmp_path / "plain") for p in (tmp_path / "plain").rglob("*.TextGrid"))
+    assert grids and grids == sorted(
+        p.relative_to(tmp_path / "lanes") for p in (tmp_path / "lanes").rglob("*.TextGrid")
+    )
+    for g in grids:
+        assert (tmp_path / "plain" / g).read_bytes() == (tmp_path / "lanes" / g).read_bytes()

@@ -8,6 +8,7 @@ recording over the model's 400 s; a planted model checks that the pipeline stitc
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -31,9 +32,10 @@ from corpus_aligner.config import (
     OutputConfig,
 )
 from corpus_aligner.frontend import log_mel
-from corpus_aligner.longform import align_windows
+from corpus_aligner.longform import align_windows, recover_tail
 from corpus_aligner.normalize import split_transcript
 from corpus_aligner.quality import collapsed_tail
+from corpus_aligner.records import PlacedWord
 from corpus_aligner.testing import tiny_librispeech
 
 CHAPTER_TEXT = (LONG_FLAC.parent / "26-496_chapter_concat.txt").read_text(encoding="utf-8").strip()
@@ -150,3 +152,42 @@ def test_windowing_never_changes_a_normal_utterance(tmp_path: Path, tiny_checkpo
         else:
             assert collapsed_tail(spans, 4) > row["collapsed_tail_words"]
     assert utts["windows"].to_list().count(1) >= 1
+
+
+def test_batched_tail_recovery_equals_one_utterance_at_a_time(
+    tmp_path: Path, tiny_checkpoint_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pipeline re-aligns collapsed tails of a whole batch together, round by round; every utterance
+    ends with exactly the words, times and pass count of longform.recover_tail run on it alone. The tiny
+    tiny model's times mostly lie beyond the audio, so a planted pass spreads the words evenly over its audio
+    and, on passes over 1.1 s, collapses the last two onto one time (the probabilities stay the model's)."""
+    real = Aligner.align_features
+
+    def collapsing(self, features, words):
+        out = real(self, features, words)
+        for f, r in zip(features, out):
+            step = f.shape[0] / 100 / (len(r) + 1)
+            r[:] = [replace(a, start_s=round(i * step, 3), end_s=round((i + 1) * step, 3)) for i, a in enumerate(r)]
+            if f.shape[0] >= 110 and len(r) >= 3:
+                r[-2:] = [replace(a, start_s=r[-2].start_s, end_s=r[-2].end_s) for a in r[-2:]]
+        return out
+
+    monkeypatch.setattr(Aligner, "align_features", collapsing)
+    corpus = tiny_librispeech(tmp_path / "corpus", speakers=3, utterances=4, seed=3)
+    rules = LongformConfig(collapse_min_words=2, backoff_words=0)
+    pipeline.run(config(LibriSpeechConfig(root=str(corpus.root)), tmp_path / "out", tiny_checkpoint_dir, long=rules))
+    words = pl.read_parquet(tmp_path / "out" / "words.parquet")
+    utts = pl.read_parquet(tmp_path / "out" / "utterances.parquet")
+    aligner = Aligner.from_pretrained(tiny_checkpoint_dir, dtype="float32")
+    for row in utts.iter_rows(named=True):
+        tokens = [w.token for w in split_transcript(row["transcript"], "English")]
+        wave = load_audio(row["audio_path"])
+        first = aligner.align_features([log_mel(wave)], [tokens])[0]
+        placed = [PlacedWord(a, 0, 0.0, row["duration_s"]) for a in first]
+        alone = recover_tail(
+            placed, pipeline.window_aligner(aligner, wave), tokens, row["duration_s"], rules, 0.1, TICK_S
+        )
+        mine = words.filter(pl.col("utt_id") == row["utt_id"]).sort("word_index")
+        assert list(zip(mine["start_s"], mine["end_s"])) == [(p.start_s, p.end_s) for p in alone.placed]
+        assert row["windows"] == 1 + alone.windows
+    assert (utts["windows"] > 1).sum() >= 2 and (utts["collapsed_tail_words"] == 0).sum() >= 1
