@@ -70,6 +70,9 @@ class BatchConfig:
     # prefetch. Memory grows with it: a batch of samples plus features is about 0.2 MB per audio second.
     prefetch_batches: int = 2
     loader_threads: int = 2
+    # Loaders as spawned processes instead of threads: threads share the GIL and top out near 1,100
+    # audio-s/s, too slow for a GPU; processes cost a start-up and send the features back.
+    loader_processes: bool = False
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from time import perf_counter
 from typing import Any, TypeVar
@@ -32,48 +33,20 @@ from corpus_aligner.config import AlignConfig, AppConfig
 from corpus_aligner.corpus import Utterance
 from corpus_aligner.errors import AlignerError
 from corpus_aligner.frontend import log_mel, n_mel_frames
+from corpus_aligner.loading import Loaded, Prepared, load_batch
 from corpus_aligner.longform import Aligned, AlignFn, Window, accept_tail, align_windows, is_long, tail_window
 from corpus_aligner.mlx_threads import worker_threads
-from corpus_aligner.normalize import Word
 from corpus_aligner.prefetch import run_ahead
 from corpus_aligner.quality import collapsed_tail, flagged_share, word_flags
 from corpus_aligner.records import AlignedWord, PlacedWord
 from corpus_aligner.session import GracefulStop, Session
-from corpus_aligner.stages import Probed, known_duration, load_wave, normalize, probe
+from corpus_aligner.stages import known_duration, load_wave, normalize, probe
 from corpus_aligner.writers.parquet import Outcome, utterance_row, utterances_frame, word_rows, words_frame
 from corpus_aligner.writers.textgrid import write_textgrid
 
 log = logging.getLogger(__name__)
+LOAD_PIECE = 8  # utterances per loader task
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class Prepared:
-    """An utterance that passed probe and normalize: ready to be batched."""
-
-    utt: Utterance
-    probed: Probed
-    words: list[Word]
-    length: int  # decoder positions (the batch-packing length)
-    long: bool  # aligned window by window
-
-    @property
-    def duration_s(self) -> float:
-        return self.probed.duration_s
-
-    def failed(self, stage: str, error: AlignerError) -> dict[str, Any]:
-        probed = self.probed
-        return utterance_row(self.utt, probed.info, probed.duration_s, failure=(stage, error), warnings=probed.warnings)
-
-
-@dataclass(frozen=True)
-class Loaded:
-    """A batch after the load stage: (item, samples) of those that loaded, failed rows of the others,
-    and the log-mel of each loaded short item (None for long recordings, aligned window by window)."""
-
-    ready: list[tuple[Prepared, np.ndarray]]
-    failed: list[dict[str, Any]]
-    features: list[np.ndarray | None]
 
 
 @dataclass
@@ -119,17 +92,6 @@ def prepare(
             length = aligner.sequence_length(n_frames, [w.token for w in words])
         prepared.append(Prepared(utt, probed, words, length, long))
     return prepared, failed
-
-
-def load_waves(items: list[Prepared]) -> tuple[list[tuple[Prepared, np.ndarray]], list[dict[str, Any]]]:
-    """Stage load: each item's samples, or its failed row."""
-    ready, failed = [], []
-    for p in items:
-        try:
-            ready.append((p, load_wave(p.utt, p.probed)))
-        except AlignerError as exc:
-            failed.append(p.failed("load", exc))
-    return ready, failed
 
 
 def align_items(aligner: Aligner, tokens: list[list[str]], features: list) -> list[Any]:
@@ -180,12 +142,9 @@ class BatchRunner:
             self.timings[stage] += seconds
 
     def load(self, items: list[Prepared]) -> Loaded:
-        """Stage load (runs in loader threads, ahead of the model): samples, and log-mel of the short ones."""
-        start = perf_counter()
-        ready, failed = load_waves(items)
-        features = [None if p.long else log_mel(w) for p, w in ready]
-        self.add_time("load", perf_counter() - start)  # summed over loader threads
-        return Loaded(ready, failed, features)
+        loaded = load_batch(items)
+        self.add_time("load", loaded.load_s)
+        return loaded
 
     def run(
         self, items: list[Prepared], loaded: Loaded | None = None
@@ -218,7 +177,7 @@ class BatchRunner:
             return self.align(loaded.ready, loaded.features)
 
     def align(
-        self, ready: list[tuple[Prepared, np.ndarray]], features: list[np.ndarray | None]
+        self, ready: list[tuple[Prepared, np.ndarray | None]], features: list[np.ndarray | None]
     ) -> list[Aligned | AlignerError]:
         """Short utterances in one batched pass, then their collapsed tails re-aligned in batched rounds;
         long recordings window by window.
@@ -246,7 +205,7 @@ class BatchRunner:
         for k, (p, wave) in enumerate(ready):
             if p.long:
                 try:
-                    aligner = window_aligner(self.aligner, wave)
+                    aligner = window_aligner(self.aligner, wave if wave is not None else load_wave(p.utt, p.probed))
                     results[k] = align_windows(aligner, tokens[k], p.duration_s, rules, low, self.tick_s)
                 except AlignerError as exc:
                     results[k] = exc
@@ -254,7 +213,7 @@ class BatchRunner:
 
     def recover_tails(
         self,
-        ready: list[tuple[Prepared, np.ndarray]],
+        ready: list[tuple[Prepared, np.ndarray | None]],
         tokens: list[list[str]],
         placed: dict[int, list[PlacedWord]],
         passes: dict[int, int],
@@ -276,7 +235,11 @@ class BatchRunner:
             feats = []
             for k, w in todo:
                 a, b = round(w.start_s * SAMPLE_RATE_HZ), round(w.end_s * SAMPLE_RATE_HZ)
-                feats.append(log_mel(ready[k][1][a:b]))
+                p, wave = ready[k]
+                if wave is None:  # dropped by a loader process: decode again (it loaded fine there)
+                    wave = load_wave(p.utt, p.probed)
+                    ready[k] = (p, wave)
+                feats.append(log_mel(wave[a:b]))  # an AlignerError here is the whole batch's (file changed)
             again = align_items(self.aligner, [tokens[k][w.first_word :] for k, w in todo], feats)
             active = []
             for (k, window), aligned in zip(todo, again):
@@ -310,6 +273,21 @@ class BatchRunner:
         spans = [(r["start_s"], r["end_s"], r["word"]) for r in rows]
         write_textgrid(self.output_dir / rel, spans, p.utt.text, p.duration_s)
         return rel.as_posix()
+
+
+def regroup(batch_of_piece: list[int], loads: Iterator[Loaded]) -> Iterator[Loaded]:
+    """Merge consecutive pieces of one batch (`batch_of_piece[i]` is piece i's batch) back into its Loaded."""
+    parts: list[Loaded] = []
+    for i, loaded in enumerate(loads):
+        parts.append(loaded)
+        if i + 1 == len(batch_of_piece) or batch_of_piece[i + 1] != batch_of_piece[i]:
+            yield Loaded(
+                [r for p in parts for r in p.ready],
+                [f for p in parts for f in p.failed],
+                [x for p in parts for x in p.features],
+                sum(p.load_s for p in parts),
+            )
+            parts = []
 
 
 def done_future(fn: Callable[..., T], *args: Any) -> Future[T]:
@@ -356,6 +334,12 @@ def run(cfg: AppConfig) -> RunResult:
         audio_s = sum(p.duration_s for p in prepared)
         loop_start, done_s, n_batches = perf_counter(), 0.0, 0
         item_lists = [[prepared[i] for i in batch] for batch in batches]
+        # Loaded in pieces of a few utterances, so that every loader works on the next batches at once.
+        pieces = [
+            (b, items[i : i + LOAD_PIECE])
+            for b, items in enumerate(item_lists)
+            for i in range(0, len(items), LOAD_PIECE)
+        ]
 
         def commit(loaded: Loaded, results: list[Aligned | AlignerError]) -> None:
             words, utts = runner.write(loaded, results)
@@ -366,7 +350,13 @@ def run(cfg: AppConfig) -> RunResult:
         # a crash loses only the batch being aligned (and, on SIGKILL, the one being written).
         with (
             progress_bar(audio_s, cfg.output.progress) as bar,
-            run_ahead(runner.load, item_lists, cfg.batch.prefetch_batches, cfg.batch.loader_threads) as loads,
+            run_ahead(
+                partial(load_batch, keep_waves=not cfg.batch.loader_processes),
+                [piece for _, piece in pieces],
+                cfg.batch.prefetch_batches * -(-len(pieces) // max(len(item_lists), 1)),
+                cfg.batch.loader_threads,
+                processes=cfg.batch.loader_processes,
+            ) as piece_loads,
             ThreadPoolExecutor(1, thread_name_prefix="writer") as writer,
         ):
             # Up to `aligner.workers` batches align at once, each on its own MLX stream (a GPU overlaps one
@@ -389,9 +379,10 @@ def run(cfg: AppConfig) -> RunResult:
                 bar.set_postfix_str(f"RTF {(perf_counter() - loop_start) / max(done_s, 1e-9):.3f}", refresh=False)
                 bar.update(batch_s / 3600)
 
-            for items, loaded in zip(item_lists, loads):
+            for items, loaded in zip(item_lists, regroup([b for b, _ in pieces], piece_loads)):
                 if stop.requested:
                     break
+                runner.add_time("load", loaded.load_s)  # summed over loaders
                 if lanes is None:
                     aligning.append((items, loaded, done_future(runner.timed_align, loaded)))
                 else:

@@ -1,7 +1,7 @@
 """`mode=validate`: check the whole corpus without the model before a long run (like `mfa validate`).
 
 Runs exactly the stages the main job runs before the model (pipeline.prepare: read, probe, normalize;
-pipeline.load_waves: decode every file, one at a time), so an utterance that validates fails the real
+loading.load_waves: decode every file, one at a time), so an utterance that validates fails the real
 run only at stage `align`. Writes to output.dir:
 
     validation.parquet   one row per input utterance: valid, or failed with stage, error type and message
@@ -17,7 +17,7 @@ from typing import Any
 
 import polars as pl
 
-from corpus_aligner import pipeline
+from corpus_aligner import loading, pipeline
 from corpus_aligner.config import AppConfig
 from corpus_aligner.corpus import read_corpus, select_shard
 from corpus_aligner.decode import TICK_MS
@@ -43,7 +43,7 @@ def validate_corpus(cfg: AppConfig) -> pl.DataFrame:
     prepared, failed = pipeline.prepare(utterances, cfg.align, TICK_MS / 1000.0)
     rows = [validation_row(r, 0, False) for r in failed]
     for p in prepared:
-        loaded, bad = pipeline.load_waves([p])  # one at a time: a long corpus never sits in memory
+        loaded, bad = loading.load_waves([p])  # one at a time: a long corpus never sits in memory
         row = bad[0] if bad else utterance_row(p.utt, p.probed.info, p.duration_s, warnings=p.probed.warnings)
         rows.append(validation_row(row, 0 if bad else len(p.words), bool(loaded) and p.long))
     return validation_frame(rows).sort("utt_id")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "corpus_aligner"
@@ -34,3 +36,14 @@ def test_library_never_imports_hydra():
         if path.name in {"cli.py", "config.py"}:
             continue
         assert not imported_roots(path) & {"hydra", "omegaconf"}, path.relative_to(PACKAGE)
+
+
+def test_loader_processes_never_import_mlx():
+    """A spawned loader process imports `corpus_aligner.__main__` (as `__mp_main__`) and `loading` (to unpickle
+    its work). Neither may pull in MLX: on a GPU it would set up the device in every loader (out of memory)."""
+    code = "import sys, runpy, corpus_aligner.loading\n"
+    code += "runpy.run_module('corpus_aligner.__main__', run_name='__mp_main__')\n"
+    code += "print(sorted(m for m in sys.modules if m.split('.')[0] == 'mlx'))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

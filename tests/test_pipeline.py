@@ -187,15 +187,16 @@ def test_progress_is_quiet_off_a_terminal() -> None:
 def test_loader_writer_and_model_lanes_change_nothing(
     tmp_path: Path, tiny_checkpoint_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Prefetch off, one model lane (the CPU default) and the GPU's arrangement (batches loaded ahead by
-    threads, two batches aligning at once on their own MLX streams) write the same tables and TextGrids."""
+    """Prefetch off, one model lane (the CPU default) and the GPU's arrangement (batches loaded ahead in
+    pieces by spawned processes, two batches aligning at once on their own MLX streams) write the same
+    tables and TextGrids."""
     corpus = tiny_librispeech(tmp_path / "corpus", speakers=3, utterances=3)
     plain = config(corpus.root, tmp_path / "plain", tiny_checkpoint_dir, max_utterances=2)
     plain = replace(plain, batch=replace(plain.batch, prefetch_batches=0))
     pipeline.run(plain)
     monkeypatch.setattr("corpus_aligner.api.default_workers", lambda device: 2)
     lanes = config(corpus.root, tmp_path / "lanes", tiny_checkpoint_dir, max_utterances=2)
-    lanes = replace(lanes, batch=replace(lanes.batch, prefetch_batches=3, loader_threads=3))
+    lanes = replace(lanes, batch=replace(lanes.batch, prefetch_batches=3, loader_threads=3, loader_processes=True))
     result = pipeline.run(lanes)
     assert result.report["utterances"]["aligned"] == len(corpus.expected)
     assert len(list((tmp_path / "lanes" / "parts").rglob("utterances-*.parquet"))) > 3

@@ -154,8 +154,9 @@ def test_windowing_never_changes_a_normal_utterance(tmp_path: Path, tiny_checkpo
     assert utts["windows"].to_list().count(1) >= 1
 
 
+@pytest.mark.parametrize("processes", [False, True])
 def test_batched_tail_recovery_equals_one_utterance_at_a_time(
-    tmp_path: Path, tiny_checkpoint_dir: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, tiny_checkpoint_dir: Path, monkeypatch: pytest.MonkeyPatch, processes: bool
 ) -> None:
     """The pipeline re-aligns collapsed tails of a whole batch together, round by round; every utterance
     ends with exactly the words, times and pass count of longform.recover_tail run on it alone. The tiny
@@ -175,7 +176,9 @@ def test_batched_tail_recovery_equals_one_utterance_at_a_time(
     monkeypatch.setattr(Aligner, "align_features", collapsing)
     corpus = tiny_librispeech(tmp_path / "corpus", speakers=3, utterances=4, seed=3)
     rules = LongformConfig(collapse_min_words=2, backoff_words=0)
-    pipeline.run(config(LibriSpeechConfig(root=str(corpus.root)), tmp_path / "out", tiny_checkpoint_dir, long=rules))
+    cfg = config(LibriSpeechConfig(root=str(corpus.root)), tmp_path / "out", tiny_checkpoint_dir, long=rules)
+    # Loader processes send no samples back: recovery decodes the file again.
+    pipeline.run(replace(cfg, batch=replace(cfg.batch, loader_processes=processes)))
     words = pl.read_parquet(tmp_path / "out" / "words.parquet")
     utts = pl.read_parquet(tmp_path / "out" / "utterances.parquet")
     aligner = Aligner.from_pretrained(tiny_checkpoint_dir, dtype="float32")
