@@ -141,20 +141,6 @@ class BatchRunner:
         with self.lock:  # loader and writer threads add theirs too
             self.timings[stage] += seconds
 
-    def load(self, items: list[Prepared]) -> Loaded:
-        loaded = load_batch(items)
-        self.add_time("load", loaded.load_s)
-        return loaded
-
-    def run(
-        self, items: list[Prepared], loaded: Loaded | None = None
-    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        """Load (unless `loaded` already holds it), align and write one batch: its word and utterance rows."""
-        loaded = loaded if loaded is not None else self.load(items)
-        with self.timed("align"):
-            results = self.align(loaded.ready, loaded.features)
-        return self.write(loaded, results)
-
     def write(
         self, loaded: Loaded, results: list[Aligned | AlignerError]
     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -345,9 +331,9 @@ def run(cfg: AppConfig) -> RunResult:
             words, utts = runner.write(loaded, results)
             store.write_batch(words_frame(words), utterances_frame(utts))
 
-        # Batches are loaded ahead by `loader_threads` threads and written behind by one writer thread (commits
-        # stay in order), so the model rarely waits. On any exit the writer finishes what it was given first:
-        # a crash loses only the batch being aligned (and, on SIGKILL, the one being written).
+        # Batches are loaded ahead by `loader_threads` threads (or processes) and written behind by one writer
+        # thread (commits stay in order), so the model rarely waits. On any exit the writer finishes what it
+        # was given first: a crash loses only the batch being aligned (and, on SIGKILL, the one being written).
         with (
             progress_bar(audio_s, cfg.output.progress) as bar,
             run_ahead(
