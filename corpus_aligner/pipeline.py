@@ -110,12 +110,17 @@ def align_items(aligner: Aligner, tokens: list[list[str]], features: list) -> li
     return results
 
 
+def window_features(wave: np.ndarray, window: Window) -> np.ndarray:
+    """Log-mel of the window's audio in `wave` (the utterance's 16 kHz samples)."""
+    a, b = round(window.start_s * SAMPLE_RATE_HZ), round(window.end_s * SAMPLE_RATE_HZ)
+    return log_mel(wave[a:b])
+
+
 def window_aligner(aligner: Aligner, wave: np.ndarray) -> AlignFn:
-    """One model pass per window of `wave` (the utterance's 16 kHz samples)."""
+    """One model pass per window of `wave`."""
 
     def align(window: Window, tokens: list[str] | Any) -> list[AlignedWord]:
-        a, b = round(window.start_s * SAMPLE_RATE_HZ), round(window.end_s * SAMPLE_RATE_HZ)
-        return aligner.align_features([log_mel(wave[a:b])], [list(tokens)])[0]
+        return aligner.align_features([window_features(wave, window)], [list(tokens)])[0]
 
     return align
 
@@ -211,21 +216,24 @@ class BatchRunner:
         rules, low = self.cfg.long, self.cfg.low_probability
         active = list(placed)
         for _ in range(rules.max_recoveries if rules.recover_collapse else 0):
-            todo = []
+            todo, feats = [], []
             for k in active:
                 window = tail_window(placed[k], ready[k][0].duration_s, rules, low, self.tick_s, passes[k])
-                if window is not None:
-                    todo.append((k, window))
+                if window is None:
+                    continue
+                p, wave = ready[k]
+                try:
+                    if wave is None:  # dropped by a loader process: decode again (it loaded fine there)
+                        wave = load_wave(p.utt, p.probed)
+                        ready[k] = (p, wave)
+                    feats.append(window_features(wave, window))
+                except AlignerError as exc:  # only this utterance fails, as with one pass at a time
+                    results[k] = exc
+                    del placed[k]
+                    continue
+                todo.append((k, window))
             if not todo:
                 return
-            feats = []
-            for k, w in todo:
-                a, b = round(w.start_s * SAMPLE_RATE_HZ), round(w.end_s * SAMPLE_RATE_HZ)
-                p, wave = ready[k]
-                if wave is None:  # dropped by a loader process: decode again (it loaded fine there)
-                    wave = load_wave(p.utt, p.probed)
-                    ready[k] = (p, wave)
-                feats.append(log_mel(wave[a:b]))  # an AlignerError here is the whole batch's (file changed)
             again = align_items(self.aligner, [tokens[k][w.first_word :] for k, w in todo], feats)
             active = []
             for (k, window), aligned in zip(todo, again):

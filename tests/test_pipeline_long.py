@@ -31,6 +31,7 @@ from corpus_aligner.config import (
     ModelConfig,
     OutputConfig,
 )
+from corpus_aligner.errors import AudioError
 from corpus_aligner.frontend import log_mel
 from corpus_aligner.longform import align_windows, recover_tail
 from corpus_aligner.normalize import split_transcript
@@ -154,17 +155,11 @@ def test_windowing_never_changes_a_normal_utterance(tmp_path: Path, tiny_checkpo
     assert utts["windows"].to_list().count(1) >= 1
 
 
-@pytest.mark.parametrize("processes", [False, True])
-def test_batched_tail_recovery_equals_one_utterance_at_a_time(
-    tmp_path: Path, tiny_checkpoint_dir: Path, monkeypatch: pytest.MonkeyPatch, processes: bool
-) -> None:
-    """The pipeline re-aligns collapsed tails of a whole batch together, round by round; every utterance
-    ends with exactly the words, times and pass count of longform.recover_tail run on it alone. The tiny
-    tiny model's times mostly lie beyond the audio, so a planted pass spreads the words evenly over its audio
-    and, on passes over 1.1 s, collapses the last two onto one time (the probabilities stay the model's)."""
-    real = Aligner.align_features
+def collapsing(real):
+    """The tiny model's times mostly lie beyond the audio, so this planted pass spreads the words evenly over
+    its audio and, on passes over 1.1 s, collapses the last two onto one time (probabilities stay the model's)."""
 
-    def collapsing(self, features, words):
+    def align_features(self, features, words):
         out = real(self, features, words)
         for f, r in zip(features, out):
             step = f.shape[0] / 100 / (len(r) + 1)
@@ -173,7 +168,16 @@ def test_batched_tail_recovery_equals_one_utterance_at_a_time(
                 r[-2:] = [replace(a, start_s=r[-2].start_s, end_s=r[-2].end_s) for a in r[-2:]]
         return out
 
-    monkeypatch.setattr(Aligner, "align_features", collapsing)
+    return align_features
+
+
+@pytest.mark.parametrize("processes", [False, True])
+def test_batched_tail_recovery_equals_one_utterance_at_a_time(
+    tmp_path: Path, tiny_checkpoint_dir: Path, monkeypatch: pytest.MonkeyPatch, processes: bool
+) -> None:
+    """The pipeline re-aligns collapsed tails of a whole batch together, round by round; every utterance
+    ends with exactly the words, times and pass count of longform.recover_tail run on it alone."""
+    monkeypatch.setattr(Aligner, "align_features", collapsing(Aligner.align_features))
     corpus = tiny_librispeech(tmp_path / "corpus", speakers=3, utterances=4, seed=3)
     rules = LongformConfig(collapse_min_words=2, backoff_words=0)
     cfg = config(LibriSpeechConfig(root=str(corpus.root)), tmp_path / "out", tiny_checkpoint_dir, long=rules)
@@ -194,3 +198,26 @@ def test_batched_tail_recovery_equals_one_utterance_at_a_time(
         assert list(zip(mine["start_s"], mine["end_s"])) == [(p.start_s, p.end_s) for p in alone.placed]
         assert row["windows"] == 1 + alone.windows
     assert (utts["windows"] > 1).sum() >= 2 and (utts["collapsed_tail_words"] == 0).sum() >= 1
+
+
+def test_a_file_gone_before_its_recovery_fails_only_that_utterance(
+    tmp_path: Path, tiny_checkpoint_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Loader processes send no samples back, so a recovery pass decodes its file again; if that fails, the
+    utterance fails at stage align with the reason, and the rest of the batch and the run go on."""
+    monkeypatch.setattr(Aligner, "align_features", collapsing(Aligner.align_features))
+
+    def gone(utt, probed):
+        raise AudioError(f"{utt.audio_path}: vanished")
+
+    monkeypatch.setattr(pipeline, "load_wave", gone)
+    corpus = tiny_librispeech(tmp_path / "corpus", speakers=3, utterances=4, seed=3)
+    rules = LongformConfig(collapse_min_words=2, backoff_words=0)
+    cfg = config(LibriSpeechConfig(root=str(corpus.root)), tmp_path / "out", tiny_checkpoint_dir, long=rules)
+    result = pipeline.run(replace(cfg, batch=replace(cfg.batch, loader_processes=True)))
+    utts = pl.read_parquet(tmp_path / "out" / "utterances.parquet")
+    failed = utts.filter(pl.col("status") == "failed")
+    assert failed.height >= 2 and utts.height == len(corpus.expected)
+    assert set(failed["failure_stage"]) == {"align"} and all("vanished" in m for m in failed["error_message"])
+    assert (utts.filter(pl.col("status") == "aligned")["windows"] == 1).all()
+    assert result.report["utterances"]["aligned"] == utts.height - failed.height
