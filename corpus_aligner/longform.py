@@ -136,14 +136,20 @@ def tail_window(
     index: int,
 ) -> Window | None:
     """The window that re-aligns `placed`'s collapsed tail after its last good word (module docstring, step
-    3), or None when there is no collapsed tail, nothing to anchor on, or too little audio for the words."""
+    3), or None when there is no collapsed tail, nothing to anchor on, too little audio for the words, or
+    more audio than one pass may take (`max(window_s, threshold_s)`: in a long recording the last good word
+    can lie many windows back, and the model's classes end at 400 s)."""
     tail = collapsed_tail([(p.start_s, p.end_s) for p in placed], rules.collapse_min_words)
     if tail == 0:
         return None
     anchor = choose_anchor(placed, len(placed) - tail - 1 - rules.backoff_words, low_probability)
     start = placed[anchor].end_s if anchor >= 0 else 0.0
     n = len(placed) - (anchor + 1)
-    if anchor < 0 or int((duration_s - start) / tick_s) < n:
+    if (
+        anchor < 0
+        or int((duration_s - start) / tick_s) < n
+        or duration_s - start > max(rules.window_s, rules.threshold_s)
+    ):
         return None
     return Window(index, start, duration_s, anchor + 1, n, True, start)
 

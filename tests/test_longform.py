@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from planted import LONG_DURATION_S, TICK_S, PlantedAligner, Truth, chapter_truth
 
@@ -240,6 +240,13 @@ class RandomAligner:
         max_recoveries=st.integers(0, 3),
     ),
     seed=st.integers(0, 2**32 - 1),
+)
+# Found by hypothesis: a recovery anchored 11 windows back asked for one pass over 475 s of audio.
+@example(
+    duration=786.0,
+    rate=0.05078125,
+    rules=LongformConfig(window_s=45.0, tail_s=0.0, backoff_words=5, collapse_min_words=2, max_recoveries=1),
+    seed=2,
 )
 def test_any_model_answers_stitch_into_one_time_per_word(duration, rate, rules, seed) -> None:
     """Whatever the model answers, every word gets exactly one time, times never decrease and stay within
