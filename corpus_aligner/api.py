@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +29,7 @@ from corpus_aligner.mlx_threads import worker_threads
 from corpus_aligner.model import ForcedAligner
 from corpus_aligner.model.encoder import audio_token_count, plan_batch
 from corpus_aligner.normalize import split_words
+from corpus_aligner.prefetch import ordered_map
 from corpus_aligner.prompt import PromptBuilder, SpecialIds, load_tokenizer, pad_prompts
 from corpus_aligner.records import AlignedWord
 
@@ -218,8 +217,8 @@ class Aligner:
     def align_batches(self, batches: Iterable[Batch]) -> Iterator[list[list[AlignedWord]] | AlignerError]:
         """`align_features` over (features, words) batches, `self.workers` at a time, results in order.
 
-        Each worker thread evaluates on its own MLX stream (`mlx_threads`), so batches overlap: on the
-        CPU each takes a core, on a GPU one batch's host work hides behind another's kernels. At most
+        Each worker thread evaluates on its own MLX stream (`mlx_threads`), so batches overlap: on a GPU
+        one batch's host work hides behind another's kernels (the CPU default is one worker). At most
         `workers + 1` batches are taken from `batches` ahead of the one being returned, so memory stays
         bounded. A batch that fails with one of our errors yields that error (the caller may retry its
         utterances one by one); other exceptions propagate.
@@ -228,17 +227,7 @@ class Aligner:
             yield from (self._align_or_error(f, w) for f, w in batches)
             return
         pool = worker_threads(self.workers)
-        pending: deque[Future[list[list[AlignedWord]] | AlignerError]] = deque()
-        try:
-            for features, words in batches:
-                pending.append(pool.submit(self._align_or_error, features, words))
-                if len(pending) > self.workers:
-                    yield pending.popleft().result()
-            while pending:
-                yield pending.popleft().result()
-        finally:
-            for future in pending:  # the caller stopped early: drop what has not started
-                future.cancel()
+        yield from ordered_map(lambda batch: pool.submit(self._align_or_error, *batch), batches, self.workers)
 
     def _align_or_error(
         self, features: Sequence[np.ndarray], words: Sequence[Sequence[str]]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import sys
 import threading
-from collections import defaultdict, deque
+from collections import defaultdict
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -36,7 +36,7 @@ from corpus_aligner.frontend import log_mel, n_mel_frames
 from corpus_aligner.loading import Loaded, Prepared, load_batch
 from corpus_aligner.longform import Aligned, AlignFn, Window, accept_tail, align_windows, is_long, tail_window
 from corpus_aligner.mlx_threads import worker_threads
-from corpus_aligner.prefetch import run_ahead
+from corpus_aligner.prefetch import ordered_map, run_ahead
 from corpus_aligner.quality import collapsed_tail, flagged_share, word_flags
 from corpus_aligner.records import AlignedWord, PlacedWord
 from corpus_aligner.session import GracefulStop, Session
@@ -353,16 +353,28 @@ def run(cfg: AppConfig) -> RunResult:
             ) as piece_loads,
             ThreadPoolExecutor(1, thread_name_prefix="writer") as writer,
         ):
+
+            def loaded_batches() -> Iterator[tuple[list[Prepared], Loaded]]:
+                for items, loaded in zip(item_lists, regroup([b for b, _ in pieces], piece_loads)):
+                    if stop.requested:  # the batches in flight are still finished and committed
+                        return
+                    runner.add_time("load", loaded.load_s)  # summed over loaders
+                    yield items, loaded
+
+            def aligned(
+                job: tuple[list[Prepared], Loaded],
+            ) -> tuple[list[Prepared], Loaded, list[Aligned | AlignerError]]:
+                return job[0], job[1], runner.timed_align(job[1])
+
             # Up to `aligner.workers` batches align at once, each on its own MLX stream (a GPU overlaps one
             # batch's host work with another's kernels; the CPU default is one, in this thread).
             lanes = worker_threads(aligner.workers) if aligner.workers > 1 else None
-            aligning: deque[tuple[list[Prepared], Loaded, Future[list[Aligned | AlignerError]]]] = deque()
             written: Future[None] | None = None
-
-            def finish() -> None:
-                nonlocal written, n_batches, done_s
-                items, loaded, future = aligning.popleft()
-                results = future.result()
+            for items, loaded, results in ordered_map(
+                (lambda job: lanes.submit(aligned, job)) if lanes else (lambda job: done_future(aligned, job)),
+                loaded_batches(),
+                aligner.workers - 1,
+            ):
                 if written is not None:
                     with runner.timed("write_wait"):
                         written.result()  # re-raises a write error; at most one batch waits to be written
@@ -372,19 +384,6 @@ def run(cfg: AppConfig) -> RunResult:
                 done_s += batch_s
                 bar.set_postfix_str(f"RTF {(perf_counter() - loop_start) / max(done_s, 1e-9):.3f}", refresh=False)
                 bar.update(batch_s / 3600)
-
-            for items, loaded in zip(item_lists, regroup([b for b, _ in pieces], piece_loads)):
-                if stop.requested:
-                    break
-                runner.add_time("load", loaded.load_s)  # summed over loaders
-                if lanes is None:
-                    aligning.append((items, loaded, done_future(runner.timed_align, loaded)))
-                else:
-                    aligning.append((items, loaded, lanes.submit(runner.timed_align, loaded)))
-                if len(aligning) >= aligner.workers:
-                    finish()
-            while aligning:  # also after a stop request: the batches in flight are finished and committed
-                finish()
             if written is not None:
                 written.result()
     loop_s = perf_counter() - loop_start

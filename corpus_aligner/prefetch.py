@@ -170,22 +170,25 @@ def run_ahead(
         yield (fn(x) for x in inputs)
         return
     pool = worker_pool(workers) if processes else ThreadPoolExecutor(workers, thread_name_prefix="loader")
-
-    def results() -> Iterator[R]:
-        pending: deque[Future[R]] = deque()
-        feed = iter(inputs)
-        for x in feed:
-            pending.append(pool.submit(fn, x))
-            if len(pending) > ahead:
-                break
-        while pending:
-            result = pending.popleft().result()
-            for x in feed:  # keep `ahead` in flight beyond the one being returned
-                pending.append(pool.submit(fn, x))
-                break
-            yield result
-
     try:
-        yield results()
+        # `ahead` in flight beyond the one being returned, counting the one submitted when it is taken
+        yield ordered_map(lambda x: pool.submit(fn, x), inputs, ahead + 1)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def ordered_map(submit: Callable[[T], Future[R]], inputs: Iterable[T], ahead: int) -> Iterator[R]:
+    """The results of `submit(x)` for each input, in input order, with at most `ahead` inputs submitted
+    beyond the one whose result is being returned (`inputs` is read lazily, so memory stays bounded).
+    If the caller stops early, what has not started is cancelled."""
+    pending: deque[Future[R]] = deque()
+    try:
+        for x in inputs:
+            pending.append(submit(x))
+            if len(pending) > ahead:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        for future in pending:
+            future.cancel()
