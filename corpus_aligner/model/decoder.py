@@ -11,7 +11,7 @@ from __future__ import annotations
 import mlx.core as mx
 import mlx.nn as nn
 
-from corpus_aligner.model import fastmath
+from corpus_aligner.model import cpu_attention, fastmath
 from corpus_aligner.model.args import DecoderArgs
 
 
@@ -45,8 +45,8 @@ class Attention(nn.Module):
         B, S, _ = x.shape
         q = self.rope(self.q_norm(self.q_proj(x).reshape(B, S, self.n_heads, -1)).transpose(0, 2, 1, 3))
         k, v = self.keys_values(x)
-        o = causal_attention(q, k, v, self.scale)  # (B, H, S, hd)
-        return self.o_proj(o.transpose(0, 2, 1, 3).reshape(B, S, -1))
+        o = causal_attention(q, k, v, self.scale)  # (B, S, H, hd)
+        return self.o_proj(o.reshape(B, S, -1))
 
     def at_rows(self, x: mx.array, rows: mx.array) -> mx.array:
         """Attention output of the rows `rows` (B, K) only, each attending to positions <= its own."""
@@ -65,12 +65,15 @@ class Attention(nn.Module):
 
 
 def causal_attention(q: mx.array, k: mx.array, v: mx.array, scale: float) -> mx.array:
-    """(B, H, S, hd) queries over (B, KV, S, hd) keys/values, causal."""
+    """(B, H, S, hd) queries over (B, KV, S, hd) keys/values, causal -> (B, S, H, hd)."""
     if not fastmath.use_fast_math():
-        return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask="causal")
-    S = q.shape[2]
-    visible = mx.arange(S)[:, None] >= mx.arange(S)[None, :]  # (S, S)
-    return grouped_attention(q, k, v, scale, visible)
+        o = mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask="causal")
+    elif q.dtype == mx.float32:
+        return cpu_attention.causal_attention(q, k, v, scale)
+    else:
+        S = q.shape[2]
+        o = grouped_attention(q, k, v, scale, mx.arange(S)[:, None] >= mx.arange(S)[None, :])
+    return o.transpose(0, 2, 1, 3)
 
 
 def grouped_attention(q: mx.array, k: mx.array, v: mx.array, scale: float, visible: mx.array) -> mx.array:
