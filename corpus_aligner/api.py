@@ -26,7 +26,7 @@ from corpus_aligner.decode import decode_words
 from corpus_aligner.errors import AlignerError, AudioError, TooLongError
 from corpus_aligner.frontend import log_mel
 from corpus_aligner.mlx_threads import worker_threads
-from corpus_aligner.model import ForcedAligner
+from corpus_aligner.model import ForcedAligner, bf16_matmul
 from corpus_aligner.model.encoder import audio_token_count, plan_batch
 from corpus_aligner.normalize import split_words
 from corpus_aligner.prefetch import ordered_map
@@ -102,6 +102,7 @@ class Aligner:
         batch_positions: int | None = None,
         workers: int | None = None,
         shapes: Shapes | None = None,
+        cpu_matmul: str | None = None,
     ) -> Aligner:
         """Load a local folder as is, or download a repo id with `huggingface_hub.snapshot_download`.
 
@@ -112,11 +113,15 @@ class Aligner:
         pretokenizer: "qwen2" (default) or "mistral" (model.md §10 D2).
         batch_positions: decoder positions per batch, padding included (default per device); workers:
         batches in flight at once (`align_batches`; default per device, see `default_workers`); shapes:
-        how batch dimensions are rounded (default per device, `DEFAULT_SHAPES`).
+        how batch dimensions are rounded (default per device, `DEFAULT_SHAPES`). cpu_matmul: "float32",
+        "bfloat16" or "auto", the precision of float32 matrix products on the CPU, process-wide
+        (`model.bf16_matmul`; None leaves it as set, "auto" by default).
         """
         if encoder_attention not in ("windowed", "full"):
             raise ValueError(f"encoder_attention must be 'windowed' or 'full', got {encoder_attention!r}")
         cpu_blas.ensure_fast_blas()
+        if cpu_matmul is not None:
+            bf16_matmul.set_precision(cpu_matmul)
         info = resolve(path_or_repo_id, revision)
         config = read_config(info.path)
         model = load_model(info.path, dtype=dtype, quantized=quantized)

@@ -53,6 +53,9 @@ class ModelConfig:
     quantized: bool | None = None
     # "windowed" (8-s windows, how the model is served) or "full" (the official CPU behaviour).
     encoder_attention: str = "windowed"
+    # CPU float32 matrix products: "float32" (exact, as the official code), "bfloat16" (AMX through oneMKL,
+    # float32 accumulation), "auto" (bfloat16 where the CPU has AMX and oneMKL is installed).
+    cpu_matmul: str = "auto"
     # True (model=tiny): `path` is a folder that receives a tiny RANDOM checkpoint if it has none.
     # For tests and demos only: the times it gives are meaningless.
     random_tiny: bool = False
@@ -160,6 +163,8 @@ def validate(cfg: AppConfig) -> AppConfig:
         raise ValueError("batch.prefetch_batches must be at least 0 and batch.loader_threads at least 1")
     if cfg.model.encoder_attention not in ("windowed", "full"):
         raise ValueError(f"model.encoder_attention must be windowed or full, got {cfg.model.encoder_attention!r}")
+    if cfg.model.cpu_matmul not in ("auto", "float32", "bfloat16"):
+        raise ValueError(f"model.cpu_matmul must be auto, float32 or bfloat16, got {cfg.model.cpu_matmul!r}")
     if cfg.mode not in ("align", "validate"):
         raise ValueError(f"mode must be align or validate, got {cfg.mode!r}")
     validate_align(cfg.align)

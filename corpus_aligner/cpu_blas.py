@@ -10,6 +10,10 @@ import logging
 import os
 import sys
 import warnings
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -61,3 +65,100 @@ def set_threads(n: int) -> bool:
         return False
     _lib[0].openblas_set_num_threads(max(1, int(n)))
     return True
+
+
+MKL_NAMES = ("libmkl_rt.so.3", "libmkl_rt.so.2", "libmkl_rt.so")
+MKL_THREADING_GNU = 3  # mkl_service.h: MKL_THREADING_INTEL 0, SEQUENTIAL 1, PGI 2, GNU 3, TBB 4
+_mkl: dict[str, ctypes.CDLL | None] = {}
+
+
+def load_mkl() -> ctypes.CDLL | None:
+    """oneMKL's single dynamic library (the `mkl` wheel puts it in `sys.prefix/lib`), loaded locally so
+    MLX keeps OpenBLAS for its own matmuls; None where it is not installed. CORPUS_ALIGNER_MKL names a
+    path. It uses one thread per core, as OpenBLAS does."""
+    if "lib" in _mkl:
+        return _mkl["lib"]
+    # Idle OpenMP threads sleep instead of spinning on cores that MLX's and numpy's threads need next.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    lib = None
+    names = [os.environ["CORPUS_ALIGNER_MKL"]] if os.environ.get("CORPUS_ALIGNER_MKL") else []
+    names += [os.path.join(sys.prefix, "lib", n) for n in MKL_NAMES] + list(MKL_NAMES)
+    for name in names:
+        try:
+            lib = ctypes.CDLL(name, mode=ctypes.RTLD_LOCAL)
+            break
+        except OSError:
+            continue
+    if lib is not None:
+        try:  # GNU OpenMP when the system has it, else oneMKL's default (Intel OpenMP, the wheel's dependency)
+            ctypes.CDLL("libgomp.so.1")
+            lib.MKL_Set_Threading_Layer(MKL_THREADING_GNU)
+        except OSError:
+            os.environ.setdefault("KMP_BLOCKTIME", "0")
+        lib.MKL_Set_Num_Threads(max(1, os.cpu_count() or 1))
+        log.debug("loaded oneMKL: %s", lib._name)
+    _mkl["lib"] = lib
+    return lib
+
+
+def cpu_has_amx_bf16() -> bool:
+    """Whether this CPU multiplies bf16 matrices in AMX tiles (Intel Sapphire Rapids and later)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return any(line.startswith("flags") and " amx_bf16" in line for line in f)
+    except OSError:
+        return False
+
+
+# ----- CPU matmul precision (model/bf16_matmul.py) ---------------------------------------------------
+MATMUL_PRECISIONS = ("auto", "float32", "bfloat16")
+_precision: dict[str, str] = {"value": "auto"}
+
+
+def set_matmul_precision(precision: str) -> None:
+    """Process-wide, as the BLAS it selects: "float32", "bfloat16" or "auto"."""
+    if precision not in MATMUL_PRECISIONS:
+        raise ValueError(f"cpu matmul precision must be one of {MATMUL_PRECISIONS}, got {precision!r}")
+    _precision["value"] = precision
+
+
+def matmul_precision() -> str:
+    """ "float32" or "bfloat16": what float32 matrix products on the CPU compute in now. "auto" is bfloat16
+    where the CPU has AMX-BF16 and oneMKL is installed; CORPUS_ALIGNER_CPU_MATMUL overrides "auto"."""
+    p = _precision["value"]
+    if p == "auto":
+        p = os.environ.get("CORPUS_ALIGNER_CPU_MATMUL") or "auto"
+    if p == "auto":
+        return "bfloat16" if cpu_has_amx_bf16() and gemm_bf16() is not None else "float32"
+    if p == "bfloat16" and gemm_bf16() is None:
+        raise RuntimeError("cpu matmul precision bfloat16 needs oneMKL (pip install mkl)")
+    return p
+
+
+def gemm_bf16() -> Any:
+    """oneMKL's `cblas_gemm_bf16bf16f32` with its C signature, or None without oneMKL."""
+    lib = load_mkl()
+    if lib is None:
+        return None
+    f = lib.cblas_gemm_bf16bf16f32
+    if f.argtypes is None:
+        i, p = ctypes.c_int, ctypes.c_void_p
+        f.argtypes = [i, i, i, i, i, i, ctypes.c_float, p, i, p, i, ctypes.c_float, p, i]
+        f.restype = None
+    return f
+
+
+# ----- numpy kernels on every core ------------------------------------------------------------------
+@lru_cache(maxsize=1)
+def _core_pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="cpu-kernel")
+
+
+def run_on_cores(fn: Callable[..., None], jobs: Iterable[tuple[Any, ...]]) -> None:
+    """fn(*job) for every job, one thread per core, each BLAS call inside on one thread (the jobs already
+    use every core: numpy's BLAS oversubscribed ran the decoder's attention 2.3x slower)."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1, user_api="blas"):
+        for f in [_core_pool().submit(fn, *job) for job in jobs]:
+            f.result()

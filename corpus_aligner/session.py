@@ -43,7 +43,17 @@ def load_aligner(cfg: ModelConfig) -> Aligner:
         dtype=cfg.dtype,
         quantized=cfg.quantized,
         revision=cfg.revision,
+        cpu_matmul=cfg.cpu_matmul,
     )
+
+
+def cpu_matmul_precision() -> str | None:
+    """What "auto" resolved to on this machine (it differs between machines); None on a GPU."""
+    import mlx.core as mx
+
+    from corpus_aligner.model import bf16_matmul
+
+    return bf16_matmul.resolved_precision() if mx.default_device() == mx.cpu else None
 
 
 def settings_identity(cfg: AppConfig, fingerprint: str) -> dict[str, Any]:
@@ -54,6 +64,7 @@ def settings_identity(cfg: AppConfig, fingerprint: str) -> dict[str, Any]:
         "model": fingerprint,
         "dtype": cfg.model.dtype,
         "quantized": cfg.model.quantized,
+        "cpu_matmul": cpu_matmul_precision(),
         "encoder_attention": cfg.model.encoder_attention,
         "align": asdict(cfg.align),
         "textgrid": cfg.output.textgrid,

@@ -50,6 +50,7 @@ def main() -> None:
     parser.add_argument("--dtype", default=None, help="our dtype (default per device)")
     parser.add_argument("--shapes", default=None, choices=["none", "default"], help="our batch shape rounding")
     parser.add_argument("--quantize", type=int, default=None, help="GPU: also convert to this many bits and use it")
+    parser.add_argument("--cpu-matmul", default=None, choices=["auto", "float32", "bfloat16"], help="our CPU products")
     parser.add_argument("--tokenizer-files", type=Path, default=None, help="folder with the real vocab.json/merges.txt")
     parser.add_argument("--text-root", type=Path, default=None, help="LibriSpeech *.trans.txt for the transcripts")
     parser.add_argument("--pipeline", action="store_true", help="also time `python -m corpus_aligner` on the 1x corpus")
@@ -80,7 +81,8 @@ def main() -> None:
     common = ["--device", args.device, "--root", str(args.root), "--out", str(args.out)]
     ours_args = common + [f"--{k}={v}" for k, v in (("budget", args.budget), ("workers", args.workers),
                                                      ("dtype", args.dtype), ("quantize", args.quantize),
-                                                     ("shapes", args.shapes)) if v]  # fmt: skip
+                                                     ("shapes", args.shapes), ("cpu-matmul", args.cpu_matmul))
+                 if v]  # fmt: skip
     # CPU: both sides loaded at once, alternating round by round. GPU: one after the other, each with the
     # whole device (both caching allocators keep what they touched, and side by side they ran out of memory).
     together = args.device == "cpu"
@@ -240,7 +242,8 @@ def run_pipeline(
     subprocess.run(["rm", "-rf", str(out_dir)], check=True)
     cmd = [sys.executable, "-m", "corpus_aligner", f"corpus.root={corpus.corpus_root}", "corpus.parts=[bench-0]",
            f"model.path={corpus.checkpoint}", f"batch={args.device}", f"output.dir={out_dir}",
-           "output.progress=false", *(extra or [])]  # fmt: skip
+           "output.progress=false", *([f"model.cpu_matmul={args.cpu_matmul}"] if args.cpu_matmul else []),
+           *(extra or [])]  # fmt: skip
     t = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - t

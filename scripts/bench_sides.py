@@ -108,6 +108,7 @@ class Ours:
             batch_positions=args.budget,
             workers=args.workers,
             shapes=shapes,
+            cpu_matmul=args.cpu_matmul,
         )
         self.load_s = time.perf_counter() - t
         self.out = args.out
@@ -121,6 +122,8 @@ class Ours:
         self.warm_up()
 
     def info(self) -> dict[str, Any]:
+        from corpus_aligner.model import bf16_matmul
+
         a = self.aligner
         return {
             "load_s": self.load_s,
@@ -130,6 +133,7 @@ class Ours:
             "decoder_dtype": str(a.model.model.norm.weight.dtype),
             "encoder_dtype": str(a.model.audio_tower.conv2d1.weight.dtype),
             "quantized": any(k.endswith(".scales") for k, _ in _flat(a.model.parameters())),
+            "cpu_matmul": bf16_matmul.resolved_precision() if a.device == "cpu" else None,
         }
 
     def warm_up(self) -> None:
@@ -334,6 +338,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--dtype", default=None)
     parser.add_argument("--quantize", type=int, default=None)
+    parser.add_argument("--cpu-matmul", default=None, choices=["auto", "float32", "bfloat16"])
     parser.add_argument("--shapes", default=None)
     args = parser.parse_args()
     stdout = sys.stdout

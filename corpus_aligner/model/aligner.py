@@ -9,6 +9,7 @@ from __future__ import annotations
 import mlx.core as mx
 import mlx.nn as nn
 
+from corpus_aligner.model import bf16_matmul
 from corpus_aligner.model.args import AlignerArgs
 from corpus_aligner.model.decoder import TextModel
 from corpus_aligner.model.encoder import AudioEncoder, EncoderPlan
@@ -23,7 +24,7 @@ class ForcedAligner(nn.Module):
         self.args = args
         self.audio_tower = AudioEncoder(args.encoder)
         self.model = TextModel(args.decoder)
-        self.lm_head = nn.Linear(args.decoder.hidden_size, args.classify_num, bias=False)
+        self.lm_head = bf16_matmul.Linear(args.decoder.hidden_size, args.classify_num, bias=False)
 
     def __call__(self, input_ids: mx.array, audio_src: mx.array, slots: mx.array, plan: EncoderPlan) -> mx.array:
         """Logits at the timestamp slots.

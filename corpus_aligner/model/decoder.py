@@ -11,7 +11,7 @@ from __future__ import annotations
 import mlx.core as mx
 import mlx.nn as nn
 
-from corpus_aligner.model import cpu_attention, fastmath
+from corpus_aligner.model import bf16_matmul, cpu_attention, fastmath
 from corpus_aligner.model.args import DecoderArgs
 
 
@@ -24,10 +24,10 @@ class Attention(nn.Module):
         self.scale = args.head_dim**-0.5
         self.rope_theta = args.rope_theta
         d = args.hidden_size
-        self.q_proj = nn.Linear(d, self.n_heads * self.head_dim, bias=False)
-        self.k_proj = nn.Linear(d, self.n_kv_heads * self.head_dim, bias=False)
-        self.v_proj = nn.Linear(d, self.n_kv_heads * self.head_dim, bias=False)
-        self.o_proj = nn.Linear(self.n_heads * self.head_dim, d, bias=False)
+        self.q_proj = bf16_matmul.Linear(d, self.n_heads * self.head_dim, bias=False)
+        self.k_proj = bf16_matmul.Linear(d, self.n_kv_heads * self.head_dim, bias=False)
+        self.v_proj = bf16_matmul.Linear(d, self.n_kv_heads * self.head_dim, bias=False)
+        self.o_proj = bf16_matmul.Linear(self.n_heads * self.head_dim, d, bias=False)
         self.q_norm = nn.RMSNorm(self.head_dim, eps=args.rms_norm_eps)
         self.k_norm = nn.RMSNorm(self.head_dim, eps=args.rms_norm_eps)
 
@@ -92,9 +92,9 @@ def grouped_attention(q: mx.array, k: mx.array, v: mx.array, scale: float, visib
 class MLP(nn.Module):
     def __init__(self, args: DecoderArgs):
         super().__init__()
-        self.gate_proj = nn.Linear(args.hidden_size, args.intermediate_size, bias=False)
-        self.up_proj = nn.Linear(args.hidden_size, args.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(args.intermediate_size, args.hidden_size, bias=False)
+        self.gate_proj = bf16_matmul.Linear(args.hidden_size, args.intermediate_size, bias=False)
+        self.up_proj = bf16_matmul.Linear(args.hidden_size, args.intermediate_size, bias=False)
+        self.down_proj = bf16_matmul.Linear(args.intermediate_size, args.hidden_size, bias=False)
 
     def __call__(self, x: mx.array) -> mx.array:
         if fastmath.use_fast_math():

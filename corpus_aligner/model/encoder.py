@@ -14,7 +14,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from corpus_aligner.model import fastmath
+from corpus_aligner.model import bf16_matmul, fastmath
 from corpus_aligner.model.args import EncoderArgs
 from corpus_aligner.model.plan import (  # noqa: F401  (re-exported: the plan is part of the encoder's API)
     ENCODER_ATTENTION_MODES,
@@ -41,10 +41,10 @@ class AudioAttention(nn.Module):
         super().__init__()
         self.num_heads = heads
         self.scale = (dims // heads) ** -0.5
-        self.q_proj = nn.Linear(dims, dims)
-        self.k_proj = nn.Linear(dims, dims)
-        self.v_proj = nn.Linear(dims, dims)
-        self.out_proj = nn.Linear(dims, dims)
+        self.q_proj = bf16_matmul.Linear(dims, dims)
+        self.k_proj = bf16_matmul.Linear(dims, dims)
+        self.v_proj = bf16_matmul.Linear(dims, dims)
+        self.out_proj = bf16_matmul.Linear(dims, dims)
 
     def __call__(self, x: mx.array, windows: Windows) -> mx.array:
         """x (T, D) flat tokens -> (T, D). Projections run on the T real tokens only; attention runs
@@ -89,8 +89,8 @@ class AudioEncoderLayer(nn.Module):
         d = args.d_model
         self.self_attn = AudioAttention(d, args.encoder_attention_heads)
         self.self_attn_layer_norm = nn.LayerNorm(d, eps=1e-5)
-        self.fc1 = nn.Linear(d, args.encoder_ffn_dim)
-        self.fc2 = nn.Linear(args.encoder_ffn_dim, d)
+        self.fc1 = bf16_matmul.Linear(d, args.encoder_ffn_dim)
+        self.fc2 = bf16_matmul.Linear(args.encoder_ffn_dim, d)
         self.final_layer_norm = nn.LayerNorm(d, eps=1e-5)
 
     def __call__(self, x: mx.array, windows: Windows) -> mx.array:
@@ -128,11 +128,11 @@ class AudioEncoder(nn.Module):
         self.conv2d1 = nn.Conv2d(1, h, 3, stride=2, padding=1)
         self.conv2d2 = nn.Conv2d(h, h, 3, stride=2, padding=1)
         self.conv2d3 = nn.Conv2d(h, h, 3, stride=2, padding=1)
-        self.conv_out = nn.Linear(h * args.freq_after_conv, args.d_model, bias=False)
+        self.conv_out = bf16_matmul.Linear(h * args.freq_after_conv, args.d_model, bias=False)
         self.layers = [AudioEncoderLayer(args) for _ in range(args.encoder_layers)]
         self.ln_post = nn.LayerNorm(args.d_model, eps=1e-5)
-        self.proj1 = nn.Linear(args.d_model, args.d_model)
-        self.proj2 = nn.Linear(args.d_model, args.output_dim)
+        self.proj1 = bf16_matmul.Linear(args.d_model, args.d_model)
+        self.proj2 = bf16_matmul.Linear(args.d_model, args.output_dim)
 
     def downsample(self, chunks: mx.array, conv_lengths: np.ndarray | None, piece: int = 0) -> mx.array:
         """(n_chunks, chunk_frames, mel) -> (n_chunks, tokens_per_chunk, d_model), positions added.

@@ -1,0 +1,115 @@
+"""The CPU's bf16 matmul path (oneMKL `cblas_gemm_bf16bf16f32`): what it computes, when it applies, and the
+whole model on it. oneMKL runs these products on any x86-64 CPU (with AMX where there is one)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from corpus_aligner.model import bf16_matmul
+
+
+@pytest.fixture
+def bf16() -> Iterator[None]:
+    bf16_matmul.set_precision("bfloat16")
+    try:
+        yield
+    finally:
+        bf16_matmul.set_precision("auto")
+
+
+def to_bf16(a: np.ndarray) -> np.ndarray:
+    """float32 -> nearest bfloat16 (ties to even), returned as float64."""
+    u = a.astype(np.float32).view(np.uint32).astype(np.uint64)
+    r = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16) << 16
+    return r.astype(np.uint32).view(np.float32).astype(np.float64)
+
+
+def test_products_are_of_bf16_rounded_inputs_accumulated_in_float32(bf16: None) -> None:
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 5, 96)).astype(np.float32)
+    w = rng.standard_normal((40, 96)).astype(np.float32)
+    with mx.stream(mx.cpu):
+        got = np.array(bf16_matmul.matmul_t(mx.array(x), bf16_matmul.Bf16Copy(mx.array(w))))
+    assert got.shape == (3, 5, 40) and got.dtype == np.float32
+    want = to_bf16(x) @ to_bf16(w).T
+    exact = x.astype(np.float64) @ w.astype(np.float64).T
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-5)  # float32 accumulation of 96 terms
+    assert np.abs(got - exact).max() > 1e-3  # and really not a float32 product
+
+
+def test_linear_takes_the_path_only_when_it_applies(bf16: None) -> None:
+    layer = bf16_matmul.Linear(64, 32)
+    x = mx.array(np.random.default_rng(1).standard_normal((7, 64)).astype(np.float32))
+    with mx.stream(mx.cpu):
+        fast = layer(x)
+        bf16_matmul.set_precision("float32")
+        exact = layer(x)
+    np.testing.assert_allclose(np.array(exact), np.array(x @ layer.weight.T + layer.bias), atol=1e-5)
+    diff = np.abs(np.array(fast) - np.array(exact))
+    assert 0 < diff.max() < 0.05
+    bf16_matmul.set_precision("bfloat16")
+    assert not bf16_matmul.applies(x.astype(mx.bfloat16), layer.weight)  # only float32 products change
+
+
+def test_a_new_weight_array_gets_a_new_bf16_copy(bf16: None) -> None:
+    layer = bf16_matmul.Linear(8, 4, bias=False)
+    x = mx.ones((2, 8))
+    first = np.array(layer(x))
+    layer.weight = layer.weight * 2  # e.g. weights loaded again
+    np.testing.assert_allclose(np.array(layer(x)), 2 * first, rtol=1e-6)
+
+
+def test_empty_batches_pass(bf16: None) -> None:
+    layer = bf16_matmul.Linear(8, 4, bias=False)
+    assert layer(mx.zeros((0, 8))).shape == (0, 4)
+
+
+def test_precision_settings() -> None:
+    with pytest.raises(ValueError, match="float32"):
+        bf16_matmul.set_precision("half")
+    bf16_matmul.set_precision("auto")
+    assert bf16_matmul.resolved_precision() == "float32"  # conftest pins "auto" to float32
+    bf16_matmul.set_precision("bfloat16")
+    assert bf16_matmul.resolved_precision() == "bfloat16"
+    bf16_matmul.set_precision("auto")
+
+
+def test_the_model_aligns_on_the_bf16_path_close_to_float32(tiny_checkpoint_dir: Path, bf16: None) -> None:
+    from corpus_aligner import Aligner
+    from corpus_aligner.model.encoder import plan_batch
+    from corpus_aligner.prompt import pad_prompts
+
+    aligner = Aligner.from_pretrained(tiny_checkpoint_dir)
+    rng = np.random.default_rng(2)
+    feats = [rng.standard_normal((n, 128)).astype(np.float32) for n in (230, 170)]
+    words = [["a", "b", "c"], ["d", "e"]]
+    plan = plan_batch(feats, aligner.args.encoder, "windowed")
+    prompts = [aligner.prompts.build(n, w) for n, w in zip(plan.tokens_per_clip, words)]
+    ids, src, slots = pad_prompts(prompts, aligner.args.audio_end_token_id)
+
+    def logits() -> np.ndarray:
+        with mx.stream(mx.cpu):
+            return np.array(aligner.model(mx.array(ids), mx.array(src), mx.array(slots), plan))
+
+    calls = []
+    real = bf16_matmul.matmul_t
+
+    def counting(x: mx.array, w: bf16_matmul.Bf16Copy) -> mx.array:
+        calls.append(w.view.shape)
+        return real(x, w)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(bf16_matmul, "matmul_t", counting)
+        fast = logits()
+    bf16_matmul.set_precision("float32")
+    exact = logits()
+    n_linear = sum(1 for _, m in aligner.model.named_modules() if isinstance(m, bf16_matmul.Linear))
+    assert len(calls) == n_linear  # every linear layer ran on the bf16 path, once
+    scale = np.abs(exact).max()
+    assert 0 < np.abs(fast - exact).max() < 0.05 * scale
+    assert aligner.align_features(feats, words)  # and the public path runs through
