@@ -113,3 +113,20 @@ def test_the_model_aligns_on_the_bf16_path_close_to_float32(tiny_checkpoint_dir:
     scale = np.abs(exact).max()
     assert 0 < np.abs(fast - exact).max() < 0.05 * scale
     assert aligner.align_features(feats, words)  # and the public path runs through
+
+
+@pytest.mark.parametrize(("h", "w"), [(8, 6), (7, 5), (1, 1)])
+def test_conv_is_the_stride_2_convolution_of_bf16_rounded_inputs(bf16: None, h: int, w: int) -> None:
+    import mlx.nn as nn
+
+    rng = np.random.default_rng(h * w)
+    conv = nn.Conv2d(6, 5, 3, stride=2, padding=1)
+    x = rng.standard_normal((2, h, w, 6)).astype(np.float32)
+    with mx.stream(mx.cpu):
+        got = np.array(bf16_matmul.conv3x3_s2(mx.array(x), bf16_matmul.bf16_copy(conv), conv.bias))
+        rounded = nn.Conv2d(6, 5, 3, stride=2, padding=1)
+        rounded.weight = mx.array(to_bf16(np.array(conv.weight)).astype(np.float32))
+        rounded.bias = conv.bias
+        want = np.array(rounded(mx.array(to_bf16(x).astype(np.float32))))
+    assert got.shape == want.shape == (2, (h - 1) // 2 + 1, (w - 1) // 2 + 1, 5)
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-5)

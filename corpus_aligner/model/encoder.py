@@ -157,7 +157,13 @@ class AudioEncoder(nn.Module):
             # One input channel: as a product with K = 9 the first conv ran 1.5x faster on an H100 than
             # MLX's CUDA convolution; the 480-channel ones are faster as convolutions (cuDNN).
             one_channel = conv.weight.shape[-1] == 1 and not fastmath.use_fast_math()
-            x = gelu(conv3x3_s2(conv, x) if one_channel else conv(x))
+            if one_channel:
+                x = conv3x3_s2(conv, x)
+            elif conv.weight.shape[-1] > 1 and bf16_matmul.applies(x, conv.weight):
+                x = bf16_matmul.conv3x3_s2(x, bf16_matmul.bf16_copy(conv), conv.bias)
+            else:
+                x = conv(x)
+            x = gelu(x)
             if lengths is not None:
                 lengths = (lengths - 1) // 2 + 1
                 keep = np.arange(x.shape[2])[None, :] < lengths[:, None]  # (N, W)
