@@ -1,0 +1,36 @@
+"""The GPU's kernel choices (MLX's fused SDPA, its own GELU/SiLU, MLX convolutions) computed on the CPU give
+the same logits as the CPU's kernels (numpy attention core, cheap-op element-wise kernels): the GPU path is
+otherwise only exercised on a GPU."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from corpus_aligner.model import fastmath
+
+
+def test_gpu_kernel_path_matches_the_cpu_one(tiny_checkpoint_dir: Path) -> None:
+    from corpus_aligner import Aligner
+    from corpus_aligner.model.encoder import plan_batch
+    from corpus_aligner.prompt import pad_prompts
+
+    aligner = Aligner.from_pretrained(tiny_checkpoint_dir)
+    rng = np.random.default_rng(3)
+    feats = [rng.standard_normal((n, 128)).astype(np.float32) for n in (260, 90)]
+    plan = plan_batch(feats, aligner.args.encoder, "windowed")
+    prompts = [aligner.prompts.build(n, w) for n, w in zip(plan.tokens_per_clip, [["a", "b"], ["c", "d", "e"]])]
+    ids, src, slots = pad_prompts(prompts, aligner.args.audio_end_token_id)
+
+    def logits() -> np.ndarray:
+        with mx.stream(mx.cpu):
+            return np.array(aligner.model(mx.array(ids), mx.array(src), mx.array(slots), plan))
+
+    cpu = logits()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(fastmath, "use_fast_math", lambda: False)
+        gpu_path = logits()
+    np.testing.assert_allclose(gpu_path, cpu, atol=2e-4 * np.abs(cpu).max())
