@@ -101,6 +101,7 @@ def load_mkl() -> ctypes.CDLL | None:
     return lib
 
 
+@lru_cache(maxsize=1)
 def cpu_has_amx_bf16() -> bool:
     """Whether this CPU multiplies bf16 matrices in AMX tiles (Intel Sapphire Rapids and later)."""
     try:
