@@ -24,6 +24,7 @@ OPENBLAS_CANDIDATES = (
 )
 _state: dict[str, str | None] = {"loaded": None}
 _lib: list[ctypes.CDLL] = []
+_threads: dict[str, int] = {}  # what set_threads asked for
 
 
 def ensure_fast_blas() -> str | None:
@@ -59,11 +60,15 @@ def ensure_fast_blas() -> str | None:
 
 
 def set_threads(n: int) -> bool:
-    """Threads each OpenBLAS call may use (process-wide): the cores shared among the model's workers.
-    Returns False when OpenBLAS is not the loaded BLAS."""
+    """Threads each OpenBLAS and oneMKL call may use (process-wide): the cores shared among the model's
+    workers. Returns False when OpenBLAS is not the loaded BLAS."""
+    _threads["n"] = max(1, int(n))
+    mkl = _mkl.get("lib")
+    if mkl is not None:
+        mkl.MKL_Set_Num_Threads(_threads["n"])
     if not _lib or not hasattr(_lib[0], "openblas_set_num_threads"):
         return False
-    _lib[0].openblas_set_num_threads(max(1, int(n)))
+    _lib[0].openblas_set_num_threads(_threads["n"])
     return True
 
 
@@ -95,7 +100,7 @@ def load_mkl() -> ctypes.CDLL | None:
             lib.MKL_Set_Threading_Layer(MKL_THREADING_GNU)
         except OSError:
             os.environ.setdefault("KMP_BLOCKTIME", "0")
-        lib.MKL_Set_Num_Threads(max(1, os.cpu_count() or 1))
+        lib.MKL_Set_Num_Threads(_threads.get("n") or max(1, os.cpu_count() or 1))
         log.debug("loaded oneMKL: %s", lib._name)
     _mkl["lib"] = lib
     return lib
