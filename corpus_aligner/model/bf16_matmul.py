@@ -95,33 +95,6 @@ def bf16_copy(module: nn.Linear | nn.Conv2d) -> Bf16Copy:
     return copy
 
 
-class Bf16Stack(Bf16Copy):
-    """Several weights (N_i, K) stacked into one (sum N_i, K) bf16 copy: one product serves them all."""
-
-    def __init__(self, weights: tuple[mx.array, ...]):
-        self.weights = weights
-        super().__init__(mx.concatenate(list(weights), axis=0))
-
-
-def linears(x: mx.array, modules: tuple[nn.Linear, ...]) -> list[mx.array]:
-    """Each linear module applied to the same x. On the bf16 path that is one product against their
-    stacked weights (one rounding of x, one call); elsewhere the modules themselves."""
-    if not applies(x, modules[0].weight):
-        return [m(x) for m in modules]
-    first = modules[0]
-    weights = tuple(m.weight for m in modules)
-    stack = getattr(first, "bf16_stack", None)
-    if stack is None or len(stack.weights) != len(weights) or any(a is not b for a, b in zip(stack.weights, weights)):
-        stack = first.bf16_stack = Bf16Stack(weights)
-    y = matmul_t(x, stack)
-    outs, start = [], 0
-    for m, w in zip(modules, weights):
-        part = y[..., start : start + w.shape[0]]
-        outs.append(part + m.bias if "bias" in m else part)
-        start += w.shape[0]
-    return outs
-
-
 class Linear(nn.Linear):
     """`nn.Linear` whose float32 product takes the bf16 path above when it applies."""
 

@@ -36,20 +36,15 @@ class Attention(nn.Module):
         return mx.fast.rope(x, self.head_dim, traditional=False, base=self.rope_theta, scale=1.0, offset=0)
 
     def keys_values(self, x: mx.array) -> tuple[mx.array, mx.array]:
-        return self._keys_values(*bf16_matmul.linears(x, (self.k_proj, self.v_proj)))
-
-    def _keys_values(self, k: mx.array, v: mx.array) -> tuple[mx.array, mx.array]:
-        """Projected (B, S, KV*hd) keys and values -> normed, rotated keys and values, (B, KV, S, hd)."""
-        B, S, _ = k.shape
-        k = self.k_norm(k.reshape(B, S, self.n_kv_heads, -1)).transpose(0, 2, 1, 3)
-        v = v.reshape(B, S, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
+        B, S, _ = x.shape
+        k = self.k_norm(self.k_proj(x).reshape(B, S, self.n_kv_heads, -1)).transpose(0, 2, 1, 3)  # (B, KV, S, hd)
+        v = self.v_proj(x).reshape(B, S, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
         return self.rope(k), v
 
     def __call__(self, x: mx.array) -> mx.array:
         B, S, _ = x.shape
-        q, k, v = bf16_matmul.linears(x, (self.q_proj, self.k_proj, self.v_proj))
-        q = self.rope(self.q_norm(q.reshape(B, S, self.n_heads, -1)).transpose(0, 2, 1, 3))
-        k, v = self._keys_values(k, v)
+        q = self.rope(self.q_norm(self.q_proj(x).reshape(B, S, self.n_heads, -1)).transpose(0, 2, 1, 3))
+        k, v = self.keys_values(x)
         o = causal_attention(q, k, v, self.scale)  # (B, S, H, hd)
         return self.o_proj(o.reshape(B, S, -1))
 
@@ -103,7 +98,7 @@ class MLP(nn.Module):
 
     def __call__(self, x: mx.array) -> mx.array:
         if fastmath.use_fast_math():
-            return self.down_proj(fastmath.silu_mul(*bf16_matmul.linears(x, (self.gate_proj, self.up_proj))))
+            return self.down_proj(fastmath.silu_mul(self.gate_proj(x), self.up_proj(x)))
         return self.down_proj(nn.silu(self.gate_proj(x)) * self.up_proj(x))
 
 

@@ -55,7 +55,7 @@ class AudioAttention(nn.Module):
         def heads(y: mx.array) -> mx.array:
             return y[windows.src].reshape(W, L, self.num_heads, -1).transpose(0, 2, 1, 3)  # (W, H, L, hd)
 
-        q, k, v = (heads(y) for y in bf16_matmul.linears(x, (self.q_proj, self.k_proj, self.v_proj)))
+        q, k, v = heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x))
         o = attention(q, k, v, self.scale, windows.mask)  # (W, H, L, hd)
         o = o.transpose(0, 2, 1, 3).reshape(W * L, D)[windows.out]  # (T, D)
         return self.out_proj(o)
