@@ -65,7 +65,10 @@ def attention(q: mx.array, k: mx.array, v: mx.array, scale: float, mask: mx.arra
     """Bidirectional attention; `mask` (W, 1, 1, L) True on real keys. On the CPU an explicit product
     with the cheap-op softmax (MLX's CPU SDPA spends most of its time in scalar exp)."""
     if not fastmath.use_fast_math():
-        return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)
+        # As an additive 0/-inf mask: MLX's CUDA SDPA ran 2x faster with it than with the boolean one
+        # (0.30 vs 0.62 ms per layer for 336 windows of 104 tokens on an H100).
+        bias = None if mask is None else mx.where(mask, 0.0, -mx.inf).astype(q.dtype)
+        return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=bias)
     scores = (q * scale) @ k.transpose(0, 1, 3, 2)  # (W, H, L, L)
     if mask is not None:
         scores = mx.where(mask, scores, -mx.inf)
