@@ -45,3 +45,20 @@ def test_strided_inputs_are_read_in_their_logical_order() -> None:
     with mx.stream(mx.cpu):
         got = np.array(cpu_attention.causal_attention(mx.array(q), mx.array(k), mx.array(v).transpose(0, 2, 1, 3), 0.3))
     np.testing.assert_allclose(got, reference(q, k, v.transpose(0, 2, 1, 3), 0.3), atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize(("W", "masked"), [(1, False), (7, True), (13, True)])
+def test_window_attention_matches_the_masked_reference(W: int, masked: bool) -> None:
+    rng = np.random.default_rng(W)
+    L = 9
+    q, k, v = (rng.standard_normal((W, 4, L, 8)).astype(np.float32) for _ in range(3))
+    lengths = rng.integers(1, L + 1, W) if masked else np.full(W, L)
+    keep = np.arange(L)[None, :] < lengths[:, None]  # (W, L)
+    with mx.stream(mx.cpu):
+        mask = mx.array(keep[:, None, None, :]) if masked else None
+        got = np.array(cpu_attention.window_attention(mx.array(q), mx.array(k), mx.array(v), 0.3, mask))
+    scores = q.astype(np.float64) @ k.astype(np.float64).transpose(0, 1, 3, 2) * 0.3
+    scores = np.where(keep[:, None, None, :], scores, -np.inf)
+    p = np.exp(scores - scores.max(-1, keepdims=True))
+    want = (p / p.sum(-1, keepdims=True)) @ v
+    np.testing.assert_allclose(got, want, atol=2e-5, rtol=1e-4)

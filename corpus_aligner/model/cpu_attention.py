@@ -1,10 +1,11 @@
-"""The decoder's causal attention core on the CPU, in numpy.
+"""Attention cores on the CPU, in numpy: the decoder's causal one and the encoder's windowed one.
 
 MLX's CPU element-wise and reduction kernels run on one thread at 0.1-0.5 G elements/s, so the softmax
 over B x H x S x S scores took ~130 of a decoder layer's 230 ms (docs/performance.md). Here the scores
 are made one block of queries at a time, only against the keys the block can see (the causal upper
 triangle is never computed), with numpy's vectorized kernels, one (batch row, kv head) group per core.
-For 2 x 570 positions: 25 ms instead of 164 ms, equal to float32 rounding.
+For 2 x 570 positions: 25 ms instead of 164 ms, equal to float32 rounding. The encoder's windows (7 of 104
+tokens, 16 heads) take 5.6 ms instead of 9.8.
 """
 
 from __future__ import annotations
@@ -53,4 +54,36 @@ def causal_attention(q: mx.array, k: mx.array, v: mx.array, scale: float) -> mx.
         for g in range(KV)
     ]
     cpu_blas.run_on_cores(_group, jobs)
+    return mx.array(out)
+
+
+def _windows(
+    q: np.ndarray, k: np.ndarray, v: np.ndarray, bias: np.ndarray | None, out: np.ndarray, scale: float
+) -> None:
+    """A run of windows: q, k, v (w, H, L, hd), bias (w, 1, 1, L) additive or None; writes out (w, H, L, hd)."""
+    scores = (q * scale) @ k.transpose(0, 1, 3, 2)  # (w, H, L, L)
+    if bias is not None:
+        scores += bias
+    scores -= scores.max(axis=-1, keepdims=True)
+    np.exp(scores, out=scores)
+    scores /= scores.sum(axis=-1, keepdims=True)
+    out[...] = scores @ v
+
+
+def window_attention(q: mx.array, k: mx.array, v: mx.array, scale: float, mask: mx.array | None) -> mx.array:
+    """Bidirectional attention within each window: (W, H, L, hd) queries, keys and values, `mask` (W, 1, 1, L)
+    True on real keys (every window has one). Returns (W, H, L, hd) float32; windows split over the cores."""
+    arrays = (q, k, v) if mask is None else (q, k, v, mask)
+    mx.eval(*arrays)
+    qn, kn, vn = (np.asarray(a, dtype=np.float32) for a in (q, k, v))
+    bias = None if mask is None else np.where(np.asarray(mask), np.float32(0), np.float32(-np.inf))
+    out = np.empty(qn.shape, dtype=np.float32)
+    W = qn.shape[0]
+    step = max(1, -(-W // 8))  # a few runs per core, so that uneven runs even out
+    jobs = [
+        (qn[w : w + step], kn[w : w + step], vn[w : w + step], None if bias is None else bias[w : w + step],
+         out[w : w + step], scale)
+        for w in range(0, W, step)
+    ]  # fmt: skip
+    cpu_blas.run_on_cores(_windows, jobs)
     return mx.array(out)
