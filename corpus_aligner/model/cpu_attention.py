@@ -26,6 +26,13 @@ def _upper(n: int) -> np.ndarray:
     return np.triu(np.full((n, n), -np.inf, dtype=np.float32), 1)
 
 
+def _softmax_(scores: np.ndarray) -> None:
+    """Softmax over the last axis, in place (rows may hold -inf, never only -inf)."""
+    scores -= scores.max(axis=-1, keepdims=True)
+    np.exp(scores, out=scores)
+    scores /= scores.sum(axis=-1, keepdims=True)
+
+
 def _group(q: np.ndarray, k: np.ndarray, v: np.ndarray, out: np.ndarray, scale: float) -> None:
     """q (G, S, hd) query heads sharing k, v (S, hd); writes out (S, G, hd)."""
     S = q.shape[1]
@@ -33,9 +40,7 @@ def _group(q: np.ndarray, k: np.ndarray, v: np.ndarray, out: np.ndarray, scale: 
         s1 = min(S, s0 + QUERY_BLOCK)
         scores = (q[:, s0:s1] * scale) @ k[:s1].T  # (G, n, s1): only the keys rows s0..s1-1 can see
         scores[:, :, s0:s1] += _upper(QUERY_BLOCK)[: s1 - s0, : s1 - s0]
-        scores -= scores.max(axis=-1, keepdims=True)
-        np.exp(scores, out=scores)
-        scores /= scores.sum(axis=-1, keepdims=True)
+        _softmax_(scores)
         out[s0:s1] = (scores @ v[:s1]).transpose(1, 0, 2)
 
 
@@ -64,9 +69,7 @@ def _windows(
     scores = (q * scale) @ k.transpose(0, 1, 3, 2)  # (w, H, L, L)
     if bias is not None:
         scores += bias
-    scores -= scores.max(axis=-1, keepdims=True)
-    np.exp(scores, out=scores)
-    scores /= scores.sum(axis=-1, keepdims=True)
+    _softmax_(scores)
     out[...] = scores @ v
 
 
