@@ -49,16 +49,22 @@ def test_strided_inputs_are_read_in_their_logical_order() -> None:
 
 @pytest.mark.parametrize(("W", "masked"), [(1, False), (7, True), (13, True)])
 def test_window_attention_matches_the_masked_reference(W: int, masked: bool) -> None:
+    """Rows of several windows and trailing padding, as plan.py packs them: block-diagonal masks."""
+    from corpus_aligner.model.encoder import window_bias
+
     rng = np.random.default_rng(W)
     L = 9
     q, k, v = (rng.standard_normal((W, 4, L, 8)).astype(np.float32) for _ in range(3))
-    lengths = rng.integers(1, L + 1, W) if masked else np.full(W, L)
-    keep = np.arange(L)[None, :] < lengths[:, None]  # (W, L)
+    cuts = np.sort(rng.integers(0, L + 1, (W, 3)), axis=1)  # window boundaries, then padding after the last
+    slots = np.arange(L)[None, :]
+    window = (slots >= cuts[:, :1]).astype(np.int32) + (slots >= cuts[:, 1:2]) + 10 * np.arange(W)[:, None]
+    window = np.where(slots >= cuts[:, 2:], -1, window) if masked else np.zeros((W, L), np.int32)
+    same = window[:, None, :, None] == window[:, None, None, :]  # (W, 1, L, L)
     with mx.stream(mx.cpu):
-        mask = mx.array(keep[:, None, None, :]) if masked else None
-        got = np.array(cpu_attention.window_attention(mx.array(q), mx.array(k), mx.array(v), 0.3, mask))
+        bias = window_bias(mx.array(window), mx.float32) if masked else None
+        got = np.array(cpu_attention.window_attention(mx.array(q), mx.array(k), mx.array(v), 0.3, bias))
     scores = q.astype(np.float64) @ k.astype(np.float64).transpose(0, 1, 3, 2) * 0.3
-    scores = np.where(keep[:, None, None, :], scores, -np.inf)
+    scores = np.where(same, scores, -np.inf)
     p = np.exp(scores - scores.max(-1, keepdims=True))
     want = (p / p.sum(-1, keepdims=True)) @ v
     np.testing.assert_allclose(got, want, atol=2e-5, rtol=1e-4)

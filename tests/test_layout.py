@@ -8,7 +8,10 @@ import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "corpus_aligner"
-MODEL_ALLOWED = {"mlx", "numpy", "corpus_aligner", "__future__", "dataclasses", "functools", "math", "typing"}
+MODEL_ALLOWED = {
+    *("mlx", "numpy", "corpus_aligner", "__future__", "collections", "dataclasses", "functools", "math"),
+    *("threading", "typing"),
+}
 
 
 def imported_roots(path: Path) -> set[str]:

@@ -96,10 +96,12 @@ def bf16_copy(module: nn.Linear | nn.Conv2d) -> Bf16Copy:
 
 
 class Linear(nn.Linear):
-    """`nn.Linear` whose float32 product takes the bf16 path above when it applies."""
+    """`nn.Linear` whose float32 product takes the bf16 path above when it applies.
+
+    The bias is a separate add, never `mx.addmm`: in mlx 0.32.4 an addmm inside a shapeless `mx.compile`
+    (the GPU's encoder layers) gives wrong values, and corrupts the heap, once the row count differs from
+    the traced one. Compiled, the add fuses into the next element-wise kernel."""
 
     def __call__(self, x: mx.array) -> mx.array:
-        if not applies(x, self.weight):
-            return super().__call__(x)
-        y = matmul_t(x, bf16_copy(self))
+        y = matmul_t(x, bf16_copy(self)) if applies(x, self.weight) else x @ self.weight.T
         return y + self.bias if "bias" in self else y

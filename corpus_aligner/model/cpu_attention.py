@@ -65,7 +65,7 @@ def causal_attention(q: mx.array, k: mx.array, v: mx.array, scale: float) -> mx.
 def _windows(
     q: np.ndarray, k: np.ndarray, v: np.ndarray, bias: np.ndarray | None, out: np.ndarray, scale: float
 ) -> None:
-    """A run of windows: q, k, v (w, H, L, hd), bias (w, 1, 1, L) additive or None; writes out (w, H, L, hd)."""
+    """A run of rows: q, k, v (w, H, L, hd), bias (w, 1, L, L) additive or None; writes out (w, H, L, hd)."""
     scores = (q * scale) @ k.transpose(0, 1, 3, 2)  # (w, H, L, L)
     if bias is not None:
         scores += bias
@@ -73,18 +73,19 @@ def _windows(
     out[...] = scores @ v
 
 
-def window_attention(q: mx.array, k: mx.array, v: mx.array, scale: float, mask: mx.array | None) -> mx.array:
-    """Bidirectional attention within each window: (W, H, L, hd) queries, keys and values, `mask` (W, 1, 1, L)
-    True on real keys (every window has one). Returns (W, H, L, hd) float32; windows split over the cores."""
-    arrays = (q, k, v) if mask is None else (q, k, v, mask)
+def window_attention(q: mx.array, k: mx.array, v: mx.array, scale: float, bias: mx.array | None) -> mx.array:
+    """Bidirectional attention within each row of windows: (W, H, L, hd) queries, keys and values, `bias`
+    (W, 1, L, L) or (W, 1, 1, L) additive (0/-inf, no row all -inf). Returns (W, H, L, hd) float32; rows
+    split over the cores."""
+    arrays = (q, k, v) if bias is None else (q, k, v, bias)
     mx.eval(*arrays)
     qn, kn, vn = (np.asarray(a, dtype=np.float32) for a in (q, k, v))
-    bias = None if mask is None else np.where(np.asarray(mask), np.float32(0), np.float32(-np.inf))
+    bias_n = None if bias is None else np.asarray(bias, dtype=np.float32)
     out = np.empty(qn.shape, dtype=np.float32)
     W = qn.shape[0]
     step = max(1, -(-W // 8))  # a few runs per core, so that uneven runs even out
     jobs = [
-        (qn[w : w + step], kn[w : w + step], vn[w : w + step], None if bias is None else bias[w : w + step],
+        (qn[w : w + step], kn[w : w + step], vn[w : w + step], None if bias_n is None else bias_n[w : w + step],
          out[w : w + step], scale)
         for w in range(0, W, step)
     ]  # fmt: skip

@@ -8,6 +8,8 @@ queries, attention output and MLP at those rows alone (its keys and values still
 
 from __future__ import annotations
 
+from functools import partial
+
 import mlx.core as mx
 import mlx.nn as nn
 
@@ -99,7 +101,13 @@ class MLP(nn.Module):
     def __call__(self, x: mx.array) -> mx.array:
         if fastmath.use_fast_math():
             return self.down_proj(fastmath.silu_mul(self.gate_proj(x), self.up_proj(x)))
-        return self.down_proj(nn.silu(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(_silu_mul(self.gate_proj(x), self.up_proj(x)))
+
+
+@partial(mx.compile, shapeless=True)
+def _silu_mul(gate: mx.array, up: mx.array) -> mx.array:
+    """SiLU(gate) * up as one kernel: one pass over the (B, S, 3072) activations instead of two."""
+    return nn.silu(gate) * up
 
 
 class DecoderLayer(nn.Module):

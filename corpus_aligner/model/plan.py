@@ -2,11 +2,14 @@
 
 Every clip is cut into 1-s chunks (the tail chunk zero-padded to the full length, as the official
 `pad_sequence` does), the valid conv outputs of each chunk are its tokens, and each clip's tokens are
-tiled with attention windows (104 tokens, or the whole clip in "full" mode). All of it is vectorized
-numpy: on a GPU this host work runs for every batch and must stay far below the device time.
+tiled with attention windows (104 tokens, or the whole clip in "full" mode). The transformer layers then
+run on rows of `width` slots that hold whole windows: a full window fills a row, shorter ones (each clip's
+last) share rows, first-fit decreasing, and a block-diagonal mask keeps every window to itself. Tokens
+enter that layout once and leave it once, so no layer gathers or scatters, and little is padding. All of it
+is vectorized numpy: on a GPU this host work runs for every batch and must stay far below the device time.
 
-`chunk_multiple` / `window_multiple` round the chunk and window counts up with dummy entries (zeros,
-masked, never read back), so that batches share shapes and a GPU reuses its compiled kernels and plans.
+`chunk_multiple` / `window_multiple` round the chunk and row counts up with dummy entries (zeros, masked,
+never read back), so that batches share shapes and a GPU reuses its compiled kernels and plans.
 """
 
 from __future__ import annotations
@@ -35,16 +38,24 @@ def audio_token_count(n_frames: int, chunk_frames: int = 100) -> int:
 
 @dataclass(frozen=True)
 class EncoderPlan:
-    """Host-side index arrays that lay a batch of clips out as chunks and attention windows."""
+    """Host-side index arrays that lay a batch of clips out as chunks and as rows of attention windows."""
 
-    chunks: np.ndarray  # (n_chunks, chunk_frames, mel) zero-padded features (dummy chunks at the end)
+    chunks: np.ndarray  # (n_chunks, chunk_frames, mel) zero-padded features (dummy chunks at the end), their dtype
     conv_lengths: np.ndarray | None  # (n_chunks,) frames to keep valid through the convs, None if all full
-    token_src: np.ndarray  # (n_tokens,) row of each valid token in the (n_chunks * tokens_per_chunk) grid
-    window_src: np.ndarray  # (n_windows, window_len) index of each window slot in the token list
-    window_mask: np.ndarray | None  # (n_windows, window_len) True on real slots, None if none padded
-    window_out: np.ndarray  # (n_tokens,) row of each token in the (n_windows * window_len) grid
+    slot_src: np.ndarray  # (rows * width,) row of the (n_chunks * tokens_per_chunk) conv grid each slot holds
+    slot_window: np.ndarray  # (rows, width) window of each slot (unique in the batch); -1 on padding slots
+    token_slot: np.ndarray  # (n_tokens,) slot of each valid token, clip after clip
     tokens_per_clip: tuple[int, ...]
     conv_piece: int = 0  # run the convs over this many chunks at a time (0: all at once)
+
+    @property
+    def width(self) -> int:
+        """Slots per row: the longest window of the batch."""
+        return self.slot_window.shape[1]
+
+    def padding_fraction(self) -> float:
+        """Share of the layers' slots that hold no token."""
+        return 1.0 - len(self.token_slot) / self.slot_window.size
 
 
 def _round_up(n: int, multiple: int) -> int:
@@ -88,7 +99,7 @@ def plan_batch(
     n_chunks = int(clip_chunks.sum())
     total = _round_up(n_chunks, chunk_multiple)
     mel = features[0].shape[1]
-    chunks = np.zeros((total * cf, mel), dtype=np.float32)
+    chunks = np.zeros((total * cf, mel), dtype=np.result_type(np.float16, *(f.dtype for f in features)))
     for feat, start in zip(features, chunk_start):
         chunks[start * cf : start * cf + feat.shape[0]] = feat
     last = chunk_start + clip_chunks - 1
@@ -100,40 +111,56 @@ def plan_batch(
         conv_lengths = np.full(total, cf, dtype=np.int64)
         conv_lengths[chunk_start[short]] = frames[short]
     valid = conv_output_tokens(chunk_len)  # (n_chunks,) real tokens per chunk
-    token_src = (np.repeat(np.arange(n_chunks) * per_chunk, valid) + _ranks(valid)).astype(np.int32)
+    token_src = np.repeat(np.arange(n_chunks) * per_chunk, valid) + _ranks(valid)  # conv-grid row of each token
     counts = np.add.reduceat(valid, chunk_start)  # tokens per clip
-    window_src, window_mask, window_out = _windows(counts, per_chunk * (args.n_window_infer // cf), attention,
-                                                   window_multiple)  # fmt: skip
+    size = np.full_like(counts, per_chunk * (args.n_window_infer // cf)) if attention == "windowed" else counts
+    slot_window, token_slot = _rows(counts, size, window_multiple)
+    slot_src = np.zeros(slot_window.size, dtype=np.int32)
+    slot_src[token_slot] = token_src
     return EncoderPlan(
         chunks=chunks.reshape(total, cf, mel),
         conv_lengths=conv_lengths,
-        token_src=token_src,
-        window_src=window_src,
-        window_mask=window_mask,
-        window_out=window_out,
+        slot_src=slot_src,
+        slot_window=slot_window,
+        token_slot=token_slot,
         tokens_per_clip=tuple(int(c) for c in counts),
         conv_piece=conv_piece,
     )
 
 
-def _windows(
-    counts: np.ndarray, window: int, attention: str, multiple: int
-) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
-    """Tile each clip's tokens from its start: windows of `window` tokens, or one per clip ("full")."""
-    size = np.full_like(counts, window) if attention == "windowed" else counts
+def _rows(counts: np.ndarray, size: np.ndarray, multiple: int) -> tuple[np.ndarray, np.ndarray]:
+    """Tile each clip's tokens with windows of `size` tokens from its start, and pack the windows into rows
+    as wide as the longest one. Returns the window of each slot (rows, width), -1 on padding, and the slot
+    of each token in clip order."""
     per_clip = -(-counts // size)
     clip = np.repeat(np.arange(len(counts)), per_clip)
-    offset = _ranks(per_clip) * size[clip]
-    start = _starts(counts)[clip] + offset
-    length = np.minimum(size[clip], counts[clip] - offset)
+    length = np.minimum(size[clip], counts[clip] - _ranks(per_clip) * size[clip])  # tokens per window, in order
     width = int(length.max())
-    slots = np.arange(width)
-    real = slots[None, :] < length[:, None]  # (W, width)
-    window_out = np.flatnonzero(real).astype(np.int32)  # row-major real slots are the tokens in order
-    n_windows = _round_up(len(length), multiple)
-    window_src = np.zeros((n_windows, width), dtype=np.int32)
-    window_src[: len(length)] = np.where(real, start[:, None] + slots[None, :], 0)
-    mask = np.zeros((n_windows, width), dtype=bool)
-    mask[: len(length)] = real
-    mask[len(length) :, 0] = True  # dummy windows see one key, so no row is fully masked (no NaN)
-    return window_src, (None if mask.all() else mask), window_out
+    row, offset = _first_fit_decreasing(length, width)
+    n_rows = _round_up(int(row.max()) + 1, multiple)
+    token_slot = (np.repeat(row * width + offset, length) + _ranks(length)).astype(np.int32)
+    slot_window = np.full(n_rows * width, -1, dtype=np.int32)
+    slot_window[token_slot] = np.repeat(np.arange(len(length), dtype=np.int32), length)
+    return slot_window.reshape(n_rows, width), token_slot
+
+
+def _first_fit_decreasing(length: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row and offset of each window: full windows get a row each, the others go, longest first, into the
+    first row with room (at most one short window per clip, so this loop is short)."""
+    row = np.empty(len(length), dtype=np.int64)
+    offset = np.zeros(len(length), dtype=np.int64)
+    full = length == width
+    n_full = int(full.sum())
+    row[full] = np.arange(n_full)
+    short = np.flatnonzero(~full)
+    free = np.empty(len(short), dtype=np.int64)  # room left in each row opened for short windows
+    opened = 0
+    for w in short[np.argsort(-length[short], kind="stable")]:
+        fits = np.flatnonzero(free[:opened] >= length[w])
+        r = int(fits[0]) if len(fits) else opened
+        if r == opened:
+            free[r] = width
+            opened += 1
+        row[w], offset[w] = n_full + r, width - free[r]
+        free[r] -= length[w]
+    return row, offset
