@@ -137,6 +137,13 @@ class Aligner:
 
     # ----- sizes -------------------------------------------------------------------------------
     @property
+    def feature_dtype(self) -> type:
+        """The dtype loaders should give the log-mel in: float16 where the encoder computes in float16 (a GPU's
+        default), since its first step rounds the features to that (round to nearest even, as numpy), so the
+        result is the same with half the bytes from loader processes and to the device; float32 otherwise."""
+        return np.float16 if self.model.audio_tower.conv2d1.weight.dtype == mx.float16 else np.float32
+
+    @property
     def max_duration_s(self) -> float:
         """Last representable time: classify_num ticks of 80 ms (400 s for the released model)."""
         return self.args.classify_num * self.args.timestamp_segment_time_ms / 1000.0

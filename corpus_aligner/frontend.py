@@ -87,8 +87,9 @@ def power_spectrogram(wave: np.ndarray) -> np.ndarray:
     return (spectrum.real**2 + spectrum.imag**2).astype(np.float32, copy=False)
 
 
-def log_mel(wave: np.ndarray) -> np.ndarray:
-    """Mono 16 kHz waveform -> (len // 160, 128) float32 log-mel, clamped to 8 below its own max."""
+def log_mel(wave: np.ndarray, dtype: np.dtype | type = np.float32) -> np.ndarray:
+    """Mono 16 kHz waveform -> (len // 160, 128) log-mel, clamped to 8 below its own max; computed in float32,
+    returned in `dtype` (float16 where the encoder computes in float16: `Aligner.feature_dtype`)."""
     wave = np.asarray(wave)
     if wave.ndim != 1:
         raise AudioError(f"log_mel needs a 1-D mono waveform, got shape {wave.shape}")
@@ -98,4 +99,4 @@ def log_mel(wave: np.ndarray) -> np.ndarray:
     mel = power @ _filters_f32()  # (n, 128)
     log_spec = np.log10(np.maximum(mel, np.float32(_LOG_FLOOR)))
     log_spec = np.maximum(log_spec, log_spec.max() - np.float32(_DYNAMIC_RANGE))
-    return (log_spec + np.float32(4.0)) / np.float32(4.0)
+    return ((log_spec + np.float32(4.0)) / np.float32(4.0)).astype(dtype, copy=False)

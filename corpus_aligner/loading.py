@@ -51,13 +51,13 @@ class Loaded:
     load_s: float = 0.0  # seconds the load took (in its thread or process)
 
 
-def load_batch(items: list[Prepared], keep_waves: bool = True) -> Loaded:
+def load_batch(items: list[Prepared], keep_waves: bool = True, dtype: np.dtype | type = np.float32) -> Loaded:
     """Stage load, ahead of the model (in loader threads or processes): samples, and log-mel of the short
-    items. keep_waves=False drops the samples of short items (a loader process would otherwise send them
-    back; the rare tail recovery that needs them decodes the file again)."""
+    items in `dtype` (`Aligner.feature_dtype`). keep_waves=False drops the samples of short items (a loader
+    process would otherwise send them back; the rare tail recovery that needs them decodes the file again)."""
     start = perf_counter()
     ready, failed = load_waves(items)
-    features = [None if p.long else log_mel(w) for p, w in ready]
+    features = [None if p.long else log_mel(w, dtype) for p, w in ready]
     kept: list[tuple[Prepared, np.ndarray | None]] = [(p, w if keep_waves or p.long else None) for p, w in ready]
     return Loaded(kept, failed, features, perf_counter() - start)
 

@@ -345,7 +345,7 @@ def run(cfg: AppConfig) -> RunResult:
         with (
             progress_bar(audio_s, cfg.output.progress) as bar,
             run_ahead(
-                partial(load_batch, keep_waves=not cfg.batch.loader_processes),
+                partial(load_batch, keep_waves=not cfg.batch.loader_processes, dtype=aligner.feature_dtype),
                 [piece for _, piece in pieces],
                 cfg.batch.prefetch_batches * -(-len(pieces) // max(len(item_lists), 1)),
                 cfg.batch.loader_threads,

@@ -45,22 +45,22 @@ class AudioSpan:
     duration_s: float | None = None
 
 
-def span_features(span: AudioSpan) -> np.ndarray | AudioError:
-    """Log-mel (n, 128) of the span; an unreadable or too short span gives its AudioError (returned, so
-    that one bad file fails only its own utterance)."""
+def span_features(span: AudioSpan, dtype: np.dtype | type = np.float32) -> np.ndarray | AudioError:
+    """Log-mel (n, 128) of the span, in `dtype`; an unreadable or too short span gives its AudioError
+    (returned, so that one bad file fails only its own utterance)."""
     try:
         wave = load_audio(span.path)
         if span.offset_s or span.duration_s is not None:
             start = round(span.offset_s * SAMPLE_RATE_HZ)
             stop = None if span.duration_s is None else start + round(span.duration_s * SAMPLE_RATE_HZ)
             wave = wave[start:stop]
-        return log_mel(wave)
+        return log_mel(wave, dtype)
     except AudioError as exc:
         return exc
 
 
-def _features_task(spans: Sequence[AudioSpan]) -> list[np.ndarray | AudioError]:
-    return [span_features(s) for s in spans]
+def _features_task(spans: Sequence[AudioSpan], dtype: np.dtype | type) -> list[np.ndarray | AudioError]:
+    return [span_features(s, dtype) for s in spans]
 
 
 def worker_pool(processes: int, threads: bool = False) -> Executor:
@@ -83,11 +83,15 @@ def _ignore_sigint() -> None:
 
 
 class FeaturePrefetcher:
-    """Features of batches of spans, in order, computed up to `ahead` utterances in advance."""
+    """Features of batches of spans, in order, computed up to `ahead` utterances in advance, in `dtype`
+    (`Aligner.feature_dtype`: float16 halves what crosses from the worker processes and to a GPU)."""
 
-    def __init__(self, processes: int, ahead: int | None = None, threads: bool = False):
+    def __init__(
+        self, processes: int, ahead: int | None = None, threads: bool = False, dtype: np.dtype | type = np.float32
+    ):
         self.pool = worker_pool(processes, threads)
         self.ahead = ahead if ahead is not None else 16 * processes * TASK_SIZE
+        self.dtype = dtype
 
     def batches(self, batches: Iterable[Sequence[AudioSpan]]) -> Iterator[list[np.ndarray | AudioError]]:
         """One list of features (or AudioErrors) per input batch, same order; memory stays bounded by
@@ -96,7 +100,8 @@ class FeaturePrefetcher:
         in_flight = 0
         for spans in batches:
             tasks = [
-                self.pool.submit(_features_task, spans[i : i + TASK_SIZE]) for i in range(0, len(spans), TASK_SIZE)
+                self.pool.submit(_features_task, spans[i : i + TASK_SIZE], self.dtype)
+                for i in range(0, len(spans), TASK_SIZE)
             ]
             pending.append(tasks)
             in_flight += len(spans)

@@ -158,3 +158,21 @@ def test_empty_word_list_aligns_to_nothing(aligner, tmp_path):
     """A transcript with nothing alignable gives an empty result, like the official code."""
     path = case_audio("en_1s", tmp_path)
     assert aligner.align(audio=str(path), text="... !!! —", language="English") == [[]]
+
+
+def test_float16_features_change_nothing_for_a_float16_encoder(ckpt, tmp_path):
+    """Loaders hand a float16 encoder its features in float16 (half the bytes): its first step rounds them
+    the same way, so the logits are identical. A float32 encoder asks for float32."""
+    assert Aligner.from_pretrained(ckpt).feature_dtype == np.float32
+    aligner = Aligner.from_pretrained(ckpt, dtype="float16")
+    assert aligner.feature_dtype == np.float16
+    names = sorted(CASES)[:3]
+    waves = [load_audio(str(case_audio(n, tmp_path))) for n in names]
+    words = [split_words(CASES[n][2], CASES[n][3]) for n in names]
+    full = [log_mel(w) for w in waves]
+    half = [log_mel(w, aligner.feature_dtype) for w in waves]
+    assert all(h.dtype == np.float16 for h in half)
+    assert any((f != h.astype(np.float32)).any() for f, h in zip(full, half))  # they were really rounded
+    got, want = aligner.align_features(half, words), aligner.align_features(full, words)
+    assert timing(got) == timing(want)
+    np.testing.assert_array_equal([w.start_prob for r in got for w in r], [w.start_prob for r in want for w in r])

@@ -47,6 +47,13 @@ def test_batches_in_order_with_errors_in_place(files: list[Path], tmp_path: Path
         np.testing.assert_array_equal(features, ref)
 
 
+def test_features_in_the_asked_dtype(files: list[Path]) -> None:
+    with FeaturePrefetcher(processes=1, threads=True, dtype=np.float16) as prefetch:
+        (got,) = prefetch.batches([[AudioSpan(str(files[0]))]])
+    assert isinstance(got[0], np.ndarray) and got[0].dtype == np.float16
+    np.testing.assert_array_equal(got[0], log_mel(load_audio(str(files[0]))).astype(np.float16))
+
+
 def _square(x: int) -> int:
     if x < 0:
         raise ValueError(f"negative {x}")
