@@ -53,7 +53,7 @@ def test_corpus_overrides_reach_typed_configs() -> None:
     cfg = load("corpus.root=/data/LibriSpeech", "corpus.parts=[dev-clean,test-clean]", "batch=gpu")
     assert isinstance(cfg.corpus, LibriSpeechConfig)
     assert cfg.corpus.root == "/data/LibriSpeech" and cfg.corpus.parts == ["dev-clean", "test-clean"]
-    assert cfg.batch.budget_positions == 65536
+    assert cfg.batch.budget_positions == 131072
     manifest = load("corpus=manifest", "corpus.path=/data/m.tsv", "shard.count=4", "shard.index=3")
     assert isinstance(manifest.corpus, ManifestConfig)
     assert (manifest.corpus.path, manifest.corpus.format) == ("/data/m.tsv", "auto")
