@@ -3,7 +3,8 @@
 The official code encodes one clip at a time. Here every 1-s chunk of a whole batch goes through the
 convolutions at once, and the transformer runs over rows of whole attention windows from all clips
 (plan.py), so a clip's output does not depend on what else is in the batch (each window only sees its own
-tokens). On a GPU each layer is one `mx.compile`d function, traced once whatever the batch's shape.
+tokens). On a GPU each layer's work before and after its attention core is `mx.compile`d, traced once
+whatever the batch's shape.
 """
 
 from __future__ import annotations
