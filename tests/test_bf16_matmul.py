@@ -97,22 +97,41 @@ def test_the_model_aligns_on_the_bf16_path_close_to_float32(tiny_checkpoint_dir:
             return np.array(aligner.model(mx.array(ids), mx.array(src), mx.array(slots), plan))
 
     calls = []
-    real = bf16_matmul.matmul_t
+    real = bf16_matmul._product
 
-    def counting(x: mx.array, w: bf16_matmul.Bf16Copy) -> mx.array:
-        calls.append(w.view.shape)
-        return real(x, w)
+    def counting(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        calls.append(b.shape)
+        return real(a, b)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(bf16_matmul, "matmul_t", counting)
+        mp.setattr(bf16_matmul, "_product", counting)
         fast = logits()
     bf16_matmul.set_precision("float32")
     exact = logits()
     n_linear = sum(1 for _, m in aligner.model.named_modules() if isinstance(m, bf16_matmul.Linear))
-    assert len(calls) == n_linear  # every linear layer ran on the bf16 path, once
+    assert len(calls) == n_linear + 2  # every linear layer and the two 480-channel convs on the bf16 path, once
     scale = np.abs(exact).max()
     assert 0 < np.abs(fast - exact).max() < 0.05 * scale
     assert aligner.align_features(feats, words)  # and the public path runs through
+
+
+def test_silu_gate_up_is_silu_of_bf16_products(bf16: None) -> None:
+    import mlx.nn as nn
+
+    rng = np.random.default_rng(4)
+    gate, up = bf16_matmul.Linear(16, 24, bias=False), bf16_matmul.Linear(16, 24, bias=False)
+    gate.weight, up.weight = (mx.array(rng.standard_normal((24, 16)).astype(np.float32) / 4) for _ in range(2))
+    x = (4 * rng.standard_normal((2, 3, 16))).astype(np.float32)
+    x[0, 0] = 100.0  # gate values far below -88 too: exp overflows, silu -> 0
+    with mx.stream(mx.cpu):
+        got = np.array(bf16_matmul.silu_gate_up(mx.array(x), gate, up))
+    xr = to_bf16(x).astype(np.float64)
+    g = xr @ to_bf16(np.array(gate.weight)).astype(np.float64).T
+    u = xr @ to_bf16(np.array(up.weight)).astype(np.float64).T
+    assert g.min() < -88 and np.isfinite(got).all()
+    want = g / (1 + np.exp(-g)) * u
+    assert not np.allclose(got, np.array(nn.silu(mx.array(x) @ gate.weight.T) * (mx.array(x) @ up.weight.T)), atol=1e-6)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
 
 
 @pytest.mark.parametrize(("h", "w"), [(8, 6), (7, 5), (1, 1)])

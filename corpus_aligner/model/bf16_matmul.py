@@ -58,6 +58,22 @@ def matmul_t(x: mx.array, weight: Bf16Copy) -> mx.array:
     return mx.array(c).reshape(*lead, c.shape[1])
 
 
+def silu_gate_up(x: mx.array, gate: nn.Linear, up: nn.Linear) -> mx.array:
+    """silu(x @ gate.T) * (x @ up.T), both products on the bf16 path from one rounding of x, the SiLU in numpy
+    in place on their float32 outputs: numpy's vectorized exp took 12 ms for 1,575 x 3,072 values where MLX's
+    single-threaded CPU kernel took 25, and one array crosses back to MLX instead of two."""
+    *lead, K = x.shape
+    a = np.ascontiguousarray(_bf16_bits(x)[1].reshape(-1, K))
+    g, u = _product(a, bf16_copy(gate).view), _product(a, bf16_copy(up).view)
+    u *= g  # silu(g) * u = g * u / (1 + exp(-g)); exp overflows to inf for g < -88, giving the limit 0
+    np.negative(g, out=g)
+    with np.errstate(over="ignore"):
+        np.exp(g, out=g)
+    g += np.float32(1.0)
+    u /= g
+    return mx.array(u).reshape(*lead, u.shape[1])
+
+
 def conv3x3_s2(x: mx.array, weight: Bf16Copy, bias: mx.array) -> mx.array:
     """A 3x3 convolution, stride 2, padding 1, over NHWC `x` with an MLX-layout weight (O, 3, 3, I): the
     columns (im2col) gathered from the bf16 bits in numpy, three taps rows per core, then one product.

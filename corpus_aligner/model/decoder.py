@@ -99,6 +99,8 @@ class MLP(nn.Module):
         self.down_proj = bf16_matmul.Linear(args.intermediate_size, args.hidden_size, bias=False)
 
     def __call__(self, x: mx.array) -> mx.array:
+        if bf16_matmul.applies(x, self.gate_proj.weight):
+            return self.down_proj(bf16_matmul.silu_gate_up(x, self.gate_proj, self.up_proj))
         if fastmath.use_fast_math():
             return self.down_proj(fastmath.silu_mul(self.gate_proj(x), self.up_proj(x)))
         return self.down_proj(_silu_mul(self.gate_proj(x), self.up_proj(x)))
