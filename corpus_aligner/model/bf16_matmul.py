@@ -50,10 +50,15 @@ def _product(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return c
 
 
+def _bf16_rows(x: mx.array) -> tuple[list[int], np.ndarray]:
+    """x (..., K) -> its leading shape and its bf16 bits as (M, K) C-contiguous rows, the products' input."""
+    *lead, K = x.shape
+    return lead, np.ascontiguousarray(_bf16_bits(x)[1].reshape(-1, K))
+
+
 def matmul_t(x: mx.array, weight: Bf16Copy) -> mx.array:
     """x (..., K) @ weight.T for a weight (N, K), bf16 products accumulated in float32: (..., N) float32."""
-    *lead, K = x.shape
-    a = np.ascontiguousarray(_bf16_bits(x)[1].reshape(-1, K))
+    lead, a = _bf16_rows(x)
     c = _product(a, weight.view)
     return mx.array(c).reshape(*lead, c.shape[1])
 
@@ -62,8 +67,7 @@ def silu_gate_up(x: mx.array, gate: nn.Linear, up: nn.Linear) -> mx.array:
     """silu(x @ gate.T) * (x @ up.T), both products on the bf16 path from one rounding of x, the SiLU in numpy
     in place on their float32 outputs: numpy's vectorized exp took 12 ms for 1,575 x 3,072 values where MLX's
     single-threaded CPU kernel took 25, and one array crosses back to MLX instead of two."""
-    *lead, K = x.shape
-    a = np.ascontiguousarray(_bf16_bits(x)[1].reshape(-1, K))
+    lead, a = _bf16_rows(x)
     g, u = _product(a, bf16_copy(gate).view), _product(a, bf16_copy(up).view)
     u *= g  # silu(g) * u = g * u / (1 + exp(-g)); exp overflows to inf for g < -88, giving the limit 0
     np.negative(g, out=g)
