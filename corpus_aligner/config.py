@@ -76,6 +76,10 @@ class BatchConfig:
     # Loaders as spawned processes instead of threads: threads share the GIL and top out near 1,100
     # audio-s/s, too slow for a GPU; processes cost a start-up and send the features back.
     loader_processes: bool = False
+    # Batches are written (rows, TextGrids, Parquet parts) by this many spawned processes; 0: one thread of
+    # this process, enough on a CPU. On a GPU the writing (~0.1 ms per audio second) would hold the GIL
+    # that the model lanes need.
+    writer_processes: int = 0
 
 
 @dataclass(frozen=True)
@@ -161,6 +165,8 @@ def validate(cfg: AppConfig) -> AppConfig:
         raise ValueError("batch.budget_positions and batch.max_utterances must be at least 1")
     if cfg.batch.prefetch_batches < 0 or cfg.batch.loader_threads < 1:
         raise ValueError("batch.prefetch_batches must be at least 0 and batch.loader_threads at least 1")
+    if cfg.batch.writer_processes < 0:
+        raise ValueError("batch.writer_processes must be at least 0")
     if cfg.model.encoder_attention not in ("windowed", "full"):
         raise ValueError(f"model.encoder_attention must be windowed or full, got {cfg.model.encoder_attention!r}")
     if cfg.model.cpu_matmul not in ("auto", "float32", "bfloat16"):

@@ -111,13 +111,22 @@ class OutputStore:
             done.update(pl.read_parquet(utt_part, columns=["utt_id"])["utt_id"].to_list())
         return done
 
+    def next_seq(self) -> int:
+        """The number of the next part of this shard (parts may be committed out of order, by several writers)."""
+        self._seq += 1
+        return self._seq
+
     def write_batch(self, words: pl.DataFrame, utterances: pl.DataFrame) -> None:
-        """Commit one batch: the words part, then the utterances part that marks it done."""
+        """Commit one batch as the next part (nothing when it has no utterances)."""
+        if not utterances.is_empty():
+            self.write_part(self.next_seq(), words, utterances)
+
+    def write_part(self, seq: int, words: pl.DataFrame, utterances: pl.DataFrame) -> None:
+        """Commit part `seq`: the words part, then the utterances part that marks it done."""
         if utterances.is_empty():
             return
-        self._seq += 1
-        write_parquet(words, self.shard_dir / f"words-{self._seq:06d}.parquet")
-        write_parquet(utterances, self.shard_dir / f"utterances-{self._seq:06d}.parquet")
+        write_parquet(words, self.shard_dir / f"words-{seq:06d}.parquet")
+        write_parquet(utterances, self.shard_dir / f"utterances-{seq:06d}.parquet")
 
     @contextmanager
     def lock(self) -> Iterator[None]:

@@ -15,8 +15,8 @@ import sys
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
+from concurrent.futures import Executor, Future
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -29,20 +29,19 @@ from tqdm import tqdm
 from corpus_aligner.api import Aligner
 from corpus_aligner.audio import SAMPLE_RATE_HZ, probe_audio
 from corpus_aligner.batching import pack_batches, padding_fraction
-from corpus_aligner.config import AlignConfig, AppConfig
+from corpus_aligner.config import AlignConfig, AppConfig, BatchConfig
 from corpus_aligner.corpus import Utterance
 from corpus_aligner.errors import AlignerError
 from corpus_aligner.frontend import log_mel, n_mel_frames
 from corpus_aligner.loading import Loaded, Prepared, load_batch
 from corpus_aligner.longform import Aligned, AlignFn, Window, accept_tail, align_windows, is_long, tail_window
 from corpus_aligner.mlx_threads import worker_threads
-from corpus_aligner.prefetch import ordered_map, run_ahead
-from corpus_aligner.quality import collapsed_tail, flagged_share, word_flags
+from corpus_aligner.prefetch import BackgroundWriter, ordered_map, run_ahead, worker_pool
 from corpus_aligner.records import AlignedWord, PlacedWord
 from corpus_aligner.session import GracefulStop, Session
 from corpus_aligner.stages import known_duration, load_wave, normalize, probe
-from corpus_aligner.writers.parquet import Outcome, utterance_row, utterances_frame, word_rows, words_frame
-from corpus_aligner.writers.textgrid import write_textgrid
+from corpus_aligner.writers.batch import BatchWriter
+from corpus_aligner.writers.parquet import utterance_row, utterances_frame, words_frame
 
 log = logging.getLogger(__name__)
 LOAD_PIECE = 8  # utterances per loader task
@@ -126,10 +125,10 @@ def window_aligner(aligner: Aligner, wave: np.ndarray) -> AlignFn:
 
 
 class BatchRunner:
-    """Aligns batches of prepared utterances and turns them into rows and TextGrids."""
+    """Aligns batches of prepared utterances (their rows and TextGrids are BatchWriter's)."""
 
-    def __init__(self, aligner: Aligner, output_dir: Path, textgrids: bool, cfg: AlignConfig):
-        self.aligner, self.output_dir, self.textgrids, self.cfg = aligner, output_dir, textgrids, cfg
+    def __init__(self, aligner: Aligner, cfg: AlignConfig):
+        self.aligner, self.cfg = aligner, cfg
         self.tick_s = aligner.args.timestamp_segment_time_ms / 1000.0
         self.timings: dict[str, float] = defaultdict(float)
         self.lock = threading.Lock()
@@ -145,23 +144,6 @@ class BatchRunner:
     def add_time(self, stage: str, seconds: float) -> None:
         with self.lock:  # loader and writer threads add theirs too
             self.timings[stage] += seconds
-
-    def write(
-        self, loaded: Loaded, results: list[Aligned | AlignerError]
-    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        """Rows and TextGrids of an aligned batch (runs in the writer thread, behind the model)."""
-        start = perf_counter()
-        word_rows_out: list[dict[str, Any]] = []
-        utt_rows: list[dict[str, Any]] = list(loaded.failed)
-        for (p, _), result in zip(loaded.ready, results):
-            if isinstance(result, AlignerError):
-                utt_rows.append(p.failed("align", result))
-                continue
-            words, row = self.rows(p, result)
-            word_rows_out.extend(words)
-            utt_rows.append(row)
-        self.add_time("write", perf_counter() - start)
-        return word_rows_out, utt_rows
 
     def timed_align(self, loaded: Loaded) -> list[Aligned | AlignerError]:
         with self.timed("align"):  # summed over model workers
@@ -247,27 +229,6 @@ class BatchRunner:
                     placed[k] = better
                     active.append(k)
 
-    def rows(self, p: Prepared, result: Aligned) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-        flags = word_flags(result.placed, self.tick_s, self.cfg.low_probability, self.cfg.long.collapse_min_words)
-        rows = word_rows(p.utt.utt_id, p.utt.speaker, p.utt.recording, p.words, result.placed, flags)
-        textgrid = self.write_textgrid(p, rows) if self.textgrids else None
-        spans = [(r["start_s"], r["end_s"]) for r in rows]
-        outcome = Outcome(
-            n_words=len(rows),
-            windows=result.windows,
-            flagged_share=flagged_share(flags),
-            collapsed_tail_words=collapsed_tail(spans, self.cfg.long.collapse_min_words),
-            textgrid=textgrid,
-        )
-        return rows, utterance_row(p.utt, p.probed.info, p.duration_s, outcome, warnings=p.probed.warnings)
-
-    def write_textgrid(self, p: Prepared, rows: list[dict[str, Any]]) -> str:
-        name = p.utt.utt_id.replace("/", "_").replace("\\", "_") + ".TextGrid"
-        rel = Path("textgrids", *p.utt.rel_dir.split("/"), name) if p.utt.rel_dir else Path("textgrids", name)
-        spans = [(r["start_s"], r["end_s"], r["word"]) for r in rows]
-        write_textgrid(self.output_dir / rel, spans, p.utt.text, p.duration_s)
-        return rel.as_posix()
-
 
 def regroup(batch_of_piece: list[int], loads: Iterator[Loaded]) -> Iterator[Loaded]:
     """Merge consecutive pieces of one batch (`batch_of_piece[i]` is piece i's batch) back into its Loaded."""
@@ -313,13 +274,32 @@ def plan_batches(prepared: list[Prepared], cfg: AppConfig) -> list[list[int]]:
     return [[i] for i in long] + [[short[k] for k in batch] for batch in packed]
 
 
+@contextmanager
+def worker_pools(batch: BatchConfig) -> Iterator[tuple[Executor | None, Executor]]:
+    """(loaders, writers): loader processes (None for threads, which `run_ahead` makes) and the writer
+    processes (or one thread), started at once so that their start-up overlaps the model's loading."""
+    with ExitStack() as stack:
+        loaders = None
+        if batch.loader_processes and batch.prefetch_batches > 0:
+            loaders = stack.enter_context(worker_pool(batch.loader_threads, preload="corpus_aligner.loading"))
+        n = batch.writer_processes
+        writers = stack.enter_context(worker_pool(max(n, 1), threads=not n, preload="corpus_aligner.writers.batch"))
+        yield loaders, writers
+
+
 def run(cfg: AppConfig) -> RunResult:
     """Align the configured corpus (or this shard of it) into cfg.output.dir; resumes what is there.
 
     A first Ctrl-C/SIGTERM stops before the next batch; the result then says `interrupted`."""
+    with worker_pools(cfg.batch) as (loaders, writers):
+        return run_with(cfg, loaders, writers)
+
+
+def run_with(cfg: AppConfig, loaders: Executor | None, writers: Executor) -> RunResult:
     session = Session.open(cfg)
     aligner, store = session.aligner, session.store
-    runner = BatchRunner(aligner, session.output_dir, cfg.output.textgrid, cfg.align)
+    runner = BatchRunner(aligner, cfg.align)
+    write = BatchWriter(store, cfg.output.textgrid, cfg.align, runner.tick_s)
     with GracefulStop() as stop:
         with runner.timed("prepare"):
             prepared, failed = prepare(session.todo, cfg.align, runner.tick_s, aligner)
@@ -334,14 +314,10 @@ def run(cfg: AppConfig) -> RunResult:
             for b, items in enumerate(item_lists)
             for i in range(0, len(items), LOAD_PIECE)
         ]
-
-        def commit(loaded: Loaded, results: list[Aligned | AlignerError]) -> None:
-            words, utts = runner.write(loaded, results)
-            store.write_batch(words_frame(words), utterances_frame(utts))
-
-        # Batches are loaded ahead by `loader_threads` threads (or processes) and written behind by one writer
-        # thread (commits stay in order), so the model rarely waits. On any exit the writer finishes what it
-        # was given first: a crash loses only the batch being aligned (and, on SIGKILL, the one being written).
+        # Batches are loaded ahead by `loader_threads` threads (or processes) and written behind by a writer
+        # thread (or `writer_processes` processes), so the model rarely waits. On any exit the writers finish
+        # what they were given first: a crash loses only the batch being aligned (and, on SIGKILL, those
+        # being written). A part's number is its batch's place in the run, whichever writer commits it.
         with (
             progress_bar(audio_s, cfg.output.progress) as bar,
             run_ahead(
@@ -350,8 +326,9 @@ def run(cfg: AppConfig) -> RunResult:
                 cfg.batch.prefetch_batches * -(-len(pieces) // max(len(item_lists), 1)),
                 cfg.batch.loader_threads,
                 processes=cfg.batch.loader_processes,
+                pool=loaders,
             ) as piece_loads,
-            ThreadPoolExecutor(1, thread_name_prefix="writer") as writer,
+            BackgroundWriter(write, max_pending=max(cfg.batch.writer_processes, 1), pool=writers) as writer,
         ):
 
             def loaded_batches() -> Iterator[tuple[list[Prepared], Loaded]]:
@@ -369,23 +346,20 @@ def run(cfg: AppConfig) -> RunResult:
             # Up to `aligner.workers` batches align at once, each on its own MLX stream (a GPU overlaps one
             # batch's host work with another's kernels; the CPU default is one, in this thread).
             lanes = worker_threads(aligner.workers) if aligner.workers > 1 else None
-            written: Future[None] | None = None
             for items, loaded, results in ordered_map(
                 (lambda job: lanes.submit(aligned, job)) if lanes else (lambda job: done_future(aligned, job)),
                 loaded_batches(),
                 aligner.workers - 1,
             ):
-                if written is not None:
-                    with runner.timed("write_wait"):
-                        written.result()  # re-raises a write error; at most one batch waits to be written
-                written = writer.submit(commit, loaded, results)
+                with runner.timed("write_wait"):  # re-raises a write error; waits while the writers are all busy
+                    writer.submit(store.next_seq(), [p for p, _ in loaded.ready], loaded.failed, results)
                 n_batches += 1
                 batch_s = sum(p.duration_s for p in items)
                 done_s += batch_s
                 bar.set_postfix_str(f"RTF {(perf_counter() - loop_start) / max(done_s, 1e-9):.3f}", refresh=False)
                 bar.update(batch_s / 3600)
-            if written is not None:
-                written.result()
+            with runner.timed("write_wait"):
+                runner.add_time("write", sum(writer.close()))  # summed over writers
     loop_s = perf_counter() - loop_start
     lengths = [p.length for p in prepared]
     short_batches = [b for b in batches if not prepared[b[0]].long]

@@ -13,11 +13,12 @@ around the GIL; the arrays they return are small (about 0.5 MB per 10 s).
 
 from __future__ import annotations
 
+import importlib
 import multiprocessing
 import os
 import signal
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -63,23 +64,31 @@ def _features_task(spans: Sequence[AudioSpan], dtype: np.dtype | type) -> list[n
     return [span_features(s, dtype) for s in spans]
 
 
-def worker_pool(processes: int, threads: bool = False) -> Executor:
+def worker_pool(processes: int, threads: bool = False, preload: str | None = None) -> Executor:
     """A pool of spawned processes (never forked: the parent holds MLX and BLAS threads), or threads.
 
     Sets OPENBLAS_NUM_THREADS=1 in this process's environment unless it is set, so the workers' numpy
     (spawned on demand, reading it at import) does not start a BLAS thread per core for the small mel
-    matmul; the parent's BLAS has read it long before and is unaffected.
+    matmul; the parent's BLAS has read it long before and is unaffected. `preload`: a module every
+    process imports as it starts, and all of them are started now, so that their start-up (about half a
+    second of imports each) overlaps the caller's next work, such as loading the model.
     """
     if threads:
         return ThreadPoolExecutor(processes, thread_name_prefix="prefetch")
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     context = multiprocessing.get_context("spawn")
-    return ProcessPoolExecutor(processes, mp_context=context, initializer=_ignore_sigint)
+    pool = ProcessPoolExecutor(processes, mp_context=context, initializer=_start_worker, initargs=(preload,))
+    if preload:
+        for _ in range(processes):  # a spawn pool starts a process per task until it has them all
+            pool.submit(int)
+    return pool
 
 
-def _ignore_sigint() -> None:
+def _start_worker(preload: str | None) -> None:
     """Workers leave Ctrl-C to the parent, which stops after the batch in flight (session.GracefulStop)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if preload:
+        importlib.import_module(preload)
 
 
 class FeaturePrefetcher:
@@ -130,9 +139,18 @@ class BackgroundWriter:
     """Runs write jobs off the main thread, at most `max_pending` queued; the first error is re-raised
     by `submit` or `close`. Jobs must not depend on each other's order."""
 
-    def __init__(self, fn: Callable[..., Any], processes: int = 2, max_pending: int = 8, threads: bool = False):
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        processes: int = 2,
+        max_pending: int = 8,
+        threads: bool = False,
+        pool: Executor | None = None,
+    ):
+        """pool: run the jobs there (the caller shuts it down) instead of in a pool of `processes` of its own."""
         self.fn = fn
-        self.pool = worker_pool(processes, threads)
+        self.own_pool = pool is None
+        self.pool = pool or worker_pool(processes, threads)
         self.max_pending = max_pending
         self.pending: deque[Future[Any]] = deque()
         self.results: list[Any] = []
@@ -148,7 +166,8 @@ class BackgroundWriter:
             while self.pending:
                 self.results.append(self.pending.popleft().result())
         finally:
-            self.pool.shutdown(wait=True, cancel_futures=True)
+            if self.own_pool:
+                self.pool.shutdown(wait=True, cancel_futures=True)
         return self.results
 
     def __enter__(self) -> BackgroundWriter:
@@ -160,10 +179,16 @@ class BackgroundWriter:
 
 @contextmanager
 def run_ahead(
-    fn: Callable[[T], R], inputs: Sequence[T], ahead: int, workers: int, processes: bool = False
+    fn: Callable[[T], R],
+    inputs: Sequence[T],
+    ahead: int,
+    workers: int,
+    processes: bool = False,
+    pool: Executor | None = None,
 ) -> Iterator[Iterator[R]]:
     """`fn(x)` for each input, in order, computed up to `ahead` inputs in advance by `workers` threads
-    (or spawned processes: `fn` and its inputs must then pickle).
+    (or spawned processes: `fn` and its inputs must then pickle), or in `pool` (the caller's, started
+    early and shut down by the caller).
 
     The corpus runner's loader. Threads overlap decoding and the mel with the model, but the GIL caps
     them near 1,100 audio-s/s (an H100 run of the main job: 8 or 14 threads, the same); processes
@@ -174,15 +199,21 @@ def run_ahead(
     if ahead <= 0 or workers <= 0:
         yield (fn(x) for x in inputs)
         return
-    pool = worker_pool(workers) if processes else ThreadPoolExecutor(workers, thread_name_prefix="loader")
+    own = pool is None
+    if pool is None:
+        pool = worker_pool(workers) if processes else ThreadPoolExecutor(workers, thread_name_prefix="loader")
+    executor = pool
+    # `ahead` in flight beyond the one being returned, counting the one submitted when it is taken
+    results = ordered_map(lambda x: executor.submit(fn, x), inputs, ahead + 1)
     try:
-        # `ahead` in flight beyond the one being returned, counting the one submitted when it is taken
-        yield ordered_map(lambda x: pool.submit(fn, x), inputs, ahead + 1)
+        yield results
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        results.close()  # cancels what has not started
+        if own:
+            executor.shutdown(wait=True, cancel_futures=True)
 
 
-def ordered_map(submit: Callable[[T], Future[R]], inputs: Iterable[T], ahead: int) -> Iterator[R]:
+def ordered_map(submit: Callable[[T], Future[R]], inputs: Iterable[T], ahead: int) -> Generator[R, None, None]:
     """The results of `submit(x)` for each input, in input order, with at most `ahead` inputs submitted
     beyond the one whose result is being returned (`inputs` is read lazily, so memory stays bounded).
     If the caller stops early, what has not started is cancelled."""

@@ -41,10 +41,11 @@ def test_library_never_imports_hydra():
         assert not imported_roots(path) & {"hydra", "omegaconf"}, path.relative_to(PACKAGE)
 
 
-def test_loader_processes_never_import_mlx():
-    """A spawned loader process imports `corpus_aligner.__main__` (as `__mp_main__`) and `loading` (to unpickle
-    its work). Neither may pull in MLX: on a GPU it would set up the device in every loader (out of memory)."""
-    code = "import sys, runpy, corpus_aligner.loading\n"
+def test_loader_and_writer_processes_never_import_mlx():
+    """A spawned loader (writer) process imports `corpus_aligner.__main__` (as `__mp_main__`) and `loading`
+    (`writers.batch`) to unpickle its work. None may pull in MLX: on a GPU it would set up the device in every
+    worker (out of memory)."""
+    code = "import sys, runpy, corpus_aligner.loading, corpus_aligner.writers.batch\n"
     code += "runpy.run_module('corpus_aligner.__main__', run_name='__mp_main__')\n"
     code += "print(sorted(m for m in sys.modules if m.split('.')[0] == 'mlx'))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
