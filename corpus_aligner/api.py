@@ -61,6 +61,27 @@ DEFAULT_SHAPES = {
 }
 
 
+# MLX throttles a thread's evaluation (waits for its queued kernels) once active memory passes its limit, by
+# default 80 % of the GPU. The host queues a whole batch ahead of the device and every queued kernel keeps its
+# inputs alive, so two lanes went past that by 11+ GiB (peak 75 GiB of an H100's 80) and once ran out (4x
+# corpus). Half the device leaves room for that overshoot.
+GPU_MEMORY_LIMIT = 0.5
+
+
+def limit_gpu_memory(fraction: float = GPU_MEMORY_LIMIT) -> int | None:
+    """Lower MLX's memory limit to `fraction` of the device's memory (never raise it); returns the limit in
+    force, or None where MLX reports no device memory (the CPU)."""
+    info = mx.device_info()
+    total = info.get("total_memory") or info.get("memory_size")
+    if not isinstance(total, int):
+        return None
+    limit = int(total * fraction)
+    current = mx.set_memory_limit(limit)
+    if current < limit:
+        mx.set_memory_limit(current)
+    return min(current, limit)
+
+
 def default_workers(device: str) -> int:
     """Batches in flight at once: two. On the CPU each worker gets half the cores for its BLAS calls,
     and one batch's single-threaded MLX element-wise work overlaps the other's products (2 cores, 16
@@ -88,6 +109,7 @@ class Aligner:
         self.batch_positions = batch_positions or DEFAULT_BATCH_POSITIONS[self.device]
         self.workers = workers or default_workers(self.device)
         self.shapes = shapes or DEFAULT_SHAPES[self.device]
+        self.memory_limit = None if self.device == "cpu" else limit_gpu_memory()
         if self.device == "cpu":
             cpu_blas.set_threads(max(1, (os.cpu_count() or 1) // self.workers))
         self.args = model.args

@@ -137,6 +137,8 @@ class Ours:
             "encoder_dtype": str(a.model.audio_tower.conv2d1.weight.dtype),
             "quantized": any(k.endswith(".scales") for k, _ in _flat(a.model.parameters())),
             "cpu_matmul": bf16_matmul.resolved_precision() if a.device == "cpu" else None,
+            "memory_limit_gib": a.memory_limit / 2**30 if a.memory_limit else None,
+            "device_info": {k: v for k, v in self.mx.device_info().items() if isinstance(v, (int, str))},
         }
 
     def warm_up(self) -> None:

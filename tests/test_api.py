@@ -176,3 +176,25 @@ def test_float16_features_change_nothing_for_a_float16_encoder(ckpt, tmp_path):
     got, want = aligner.align_features(half, words), aligner.align_features(full, words)
     assert timing(got) == timing(want)
     np.testing.assert_array_equal([w.start_prob for r in got for w in r], [w.start_prob for r in want for w in r])
+
+
+def test_gpu_memory_limit_is_lowered_never_raised(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a GPU the Aligner caps MLX's memory limit at half the device (two lanes overshot the default 80 %
+    and ran out); a lower limit set before is kept, and the CPU (no device memory reported) is left alone."""
+    import mlx.core as mx
+
+    from corpus_aligner.api import limit_gpu_memory
+
+    gib = 1 << 30
+    previous = mx.set_memory_limit(64 * gib)
+    try:
+        monkeypatch.setattr(mx, "device_info", lambda: {"device_name": "H100", "total_memory": 80 * gib})
+        assert limit_gpu_memory(0.5) == 40 * gib
+        assert mx.set_memory_limit(10 * gib) == 40 * gib
+        assert limit_gpu_memory(0.5) == 10 * gib
+        assert mx.set_memory_limit(10 * gib) == 10 * gib
+        monkeypatch.setattr(mx, "device_info", lambda: {"architecture": "x86_64"})
+        assert limit_gpu_memory(0.5) is None
+        assert mx.set_memory_limit(10 * gib) == 10 * gib
+    finally:
+        mx.set_memory_limit(previous)
