@@ -12,7 +12,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from functools import lru_cache, partial
-from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -119,26 +118,13 @@ class AudioEncoderLayer(nn.Module):
         return x
 
 
-def explicit_attention(q: mx.array, k: mx.array, v: mx.array, scale: float, bias: mx.array) -> mx.array:
-    """The attention core as plain products and a float32 softmax: unlike MLX's CUDA SDPA it traces
-    shapelessly (so the whole layer compiles into one trace for every row count), and it needs no cuDNN
-    graph per batch shape (each built in about 0.1 s, the main cost of a run's first batches)."""
-    scores = (q * scale) @ k.transpose(0, 1, 3, 2) + bias
-    return mx.softmax(scores, axis=-1, precise=True) @ v
-
-
-# How the compiled (GPU) layers attend: "explicit" (one shapeless trace per layer, `explicit_attention`) or
-# "sdpa" (MLX's fused kernel between two compiled halves).
-GPU_ATTENTION = "explicit"
-
-
 class _Compiled:
-    """A layer's forward `mx.compile`d (a plain attribute, not a parameter), built lazily per row length.
+    """A layer's forward with the parts before and after the attention core `mx.compile`d (a plain
+    attribute, not a parameter), built lazily per row length.
 
-    Shapeless: one trace serves every row count. With `GPU_ATTENTION = "explicit"` the trace holds the whole
-    layer; with "sdpa" the attention core stays outside, between compiled parts before and after it (MLX's
-    CUDA SDPA with a mask does not trace shapelessly: its mask broadcast keeps the traced shape). The layer is
-    the compiled functions' captured state, so weights loaded later are used, not the ones of the first trace.
+    Shapeless: one trace serves every row count. The attention core stays outside: MLX's CUDA SDPA with a
+    mask does not trace shapelessly (its mask broadcast keeps the traced shape). The layer is the compiled
+    functions' captured state, so weights loaded later are used, not the ones of the first trace.
 
     Tracing swaps placeholder arrays into that state (each thread traces for itself: mlx keeps a compile
     cache per thread), so a lock keeps a second thread from reading them ("eval an array without a
@@ -146,23 +132,16 @@ class _Compiled:
 
     def __init__(self, layer: AudioEncoderLayer):
         self.layer = layer
-        self.by_width: dict[int, Callable[..., Any]] = {}
+        self.by_width: dict[int, Callable[[mx.array], tuple[mx.array, mx.array, mx.array]]] = {}
         self.rest = mx.compile(layer.rest, inputs=layer, shapeless=True)
         self.lock = threading.Lock()
 
-    def whole(self, x: mx.array, bias: mx.array, width: int) -> mx.array:
-        q, k, v = self.layer.qkv(x, width)
-        return self.layer.rest(x, explicit_attention(q, k, v, self.layer.self_attn.scale, bias))
-
     def __call__(self, x: mx.array, bias: mx.array) -> mx.array:
         width = bias.shape[-1]
-        explicit = GPU_ATTENTION == "explicit"
         with self.lock:
             if width not in self.by_width:
-                fn = partial(self.whole, width=width) if explicit else partial(self.layer.qkv, width=width)
-                self.by_width[width] = mx.compile(fn, inputs=self.layer, shapeless=True)
-            if explicit:
-                return self.by_width[width](x, bias)
+                qkv = partial(self.layer.qkv, width=width)
+                self.by_width[width] = mx.compile(qkv, inputs=self.layer, shapeless=True)
             q, k, v = self.by_width[width](x)
             return self.rest(x, attention(q, k, v, self.layer.self_attn.scale, bias))
 
