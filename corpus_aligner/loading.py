@@ -1,4 +1,5 @@
-"""Stage load, run ahead of the model in loader threads or spawned processes: samples and log-mel.
+"""Stages before the model that run in loader threads or spawned processes: the checks of `prepare` (read,
+probe, normalize) and, ahead of the model, load (samples and log-mel).
 
 Kept free of MLX (a spawned loader process imports this module to unpickle its work, and MLX would set
 up the GPU there too); `tests/test_layout.py` checks that.
@@ -12,11 +13,13 @@ from typing import Any
 
 import numpy as np
 
+from corpus_aligner.audio import probe_audio
+from corpus_aligner.config import AlignConfig
 from corpus_aligner.corpus import Utterance
 from corpus_aligner.errors import AlignerError
 from corpus_aligner.frontend import log_mel
 from corpus_aligner.normalize import Word
-from corpus_aligner.stages import Probed, load_wave
+from corpus_aligner.stages import Probed, known_duration, load_wave, normalize, probe
 from corpus_aligner.writers.parquet import utterance_row
 
 
@@ -49,6 +52,30 @@ class Loaded:
     failed: list[dict[str, Any]]
     features: list[np.ndarray | None]
     load_s: float = 0.0  # seconds the load took (in its thread or process)
+
+
+def check(
+    utterances: list[Utterance], cfg: AlignConfig, tick_s: float
+) -> tuple[list[tuple[Utterance, Probed, list[Word]]], list[dict[str, Any]]]:
+    """Stages read, probe and normalize (no samples decoded): (utterance, probe, words) of those that pass,
+    and the failed row of each that does not, with the stage it failed at."""
+    ok: list[tuple[Utterance, Probed, list[Word]]] = []
+    failed: list[dict[str, Any]] = []
+    for utt in utterances:
+        info, probed, stage = None, None, "read"
+        try:
+            if utt.read_error:
+                raise utt.read_error
+            stage = "probe"
+            info = probe_audio(utt.audio_path)
+            probed = probe(utt, info, cfg, tick_s)
+            stage = "normalize"
+            ok.append((utt, probed, normalize(utt, probed.duration_s, tick_s)))
+        except AlignerError as exc:
+            duration = probed.duration_s if probed else known_duration(utt, info)
+            warnings = probed.warnings if probed else ()
+            failed.append(utterance_row(utt, info, duration, failure=(stage, exc), warnings=warnings))
+    return ok, failed
 
 
 def load_batch(items: list[Prepared], keep_waves: bool = True, dtype: np.dtype | type = np.float32) -> Loaded:
