@@ -178,11 +178,11 @@ class Ours:
 
         import polars as pl
 
-        from corpus_aligner.audio import SAMPLE_RATE_HZ, probe_audio
         from corpus_aligner.batching import pack_batches, padding_fraction
+        from corpus_aligner.config import AlignConfig
+        from corpus_aligner.corpus import Utterance
         from corpus_aligner.errors import AlignerError
-        from corpus_aligner.frontend import n_mel_frames
-        from corpus_aligner.normalize import split_words
+        from corpus_aligner.pipeline import prepare
         from corpus_aligner.prefetch import AudioSpan
 
         utts = select(self.corpus, cmd)
@@ -191,13 +191,13 @@ class Ours:
         (out / "parts").mkdir(parents=True)
         self.reset_peaks()
         t0 = time.perf_counter()
-        words, lengths, durations = [], [], []
-        for u in utts:  # what pipeline.prepare does: header probe, normalize, sequence length
-            info = probe_audio(u.audio_path)
-            w = split_words(u.text, "English")
-            words.append(w)
-            durations.append(info.duration_s)
-            lengths.append(self.aligner.sequence_length(n_mel_frames(round(info.duration_s * SAMPLE_RATE_HZ)), w))
+        # the main job's prepare: header probe and normalize in the loader processes, then packing lengths
+        items = [Utterance(u.utt_id, u.audio_path, u.text) for u in utts]
+        prepared, failed = prepare(items, AlignConfig(), 0.08, self.aligner, self.prefetch.pool)
+        assert not failed and len(prepared) == len(utts), "the bench corpus has no bad utterances"
+        words = [[w.token for w in p.words] for p in prepared]
+        durations = [p.duration_s for p in prepared]
+        lengths = [p.length for p in prepared]
         batches = pack_batches(lengths, self.aligner.batch_positions)
         prepare_s = time.perf_counter() - t0
         spans = ([AudioSpan(utts[i].audio_path) for i in b] for b in batches)
