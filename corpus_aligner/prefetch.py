@@ -96,9 +96,15 @@ class FeaturePrefetcher:
     (`Aligner.feature_dtype`: float16 halves what crosses from the worker processes and to a GPU)."""
 
     def __init__(
-        self, processes: int, ahead: int | None = None, threads: bool = False, dtype: np.dtype | type = np.float32
+        self,
+        processes: int,
+        ahead: int | None = None,
+        threads: bool = False,
+        dtype: np.dtype | type = np.float32,
+        preload: str | None = None,
     ):
-        self.pool = worker_pool(processes, threads)
+        """preload: a module for every process to import at once (`worker_pool`)."""
+        self.pool = worker_pool(processes, threads, preload)
         self.ahead = ahead if ahead is not None else 16 * processes * TASK_SIZE
         self.dtype = dtype
 

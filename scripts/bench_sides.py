@@ -118,7 +118,12 @@ class Ours:
         # CPU: the two cores belong to the model; one feature process and one writer process are plenty.
         # GPU: the loaders are what the device waits for (docs/performance.md), so they get every core but
         # the main process's and two writers' (two write 4,000 TextGrids in well under the run's 10 s).
-        self.prefetch = FeaturePrefetcher(processes=max(1, cores - 3) if gpu else 1, dtype=self.aligner.feature_dtype)
+        # As the main job's loaders: every process started, with the checks of `prepare` imported (`loading`).
+        self.prefetch = FeaturePrefetcher(
+            processes=max(1, cores - 3) if gpu else 1,
+            dtype=self.aligner.feature_dtype,
+            preload="corpus_aligner.loading",
+        )
         self.writer_processes = 2 if gpu else 1
         self.writer_cls = BackgroundWriter
         self.gpu = gpu
