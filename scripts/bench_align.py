@@ -49,6 +49,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=None, help="our batches in flight")
     parser.add_argument("--dtype", default=None, help="our dtype (default per device)")
     parser.add_argument("--shapes", default=None, choices=["none", "default"], help="our batch shape rounding")
+    parser.add_argument("--gpu-memory", type=float, default=None, help="our MLX memory limit, a fraction of the GPU")
     parser.add_argument("--quantize", type=int, default=None, help="GPU: also convert to this many bits and use it")
     parser.add_argument("--cpu-matmul", default=None, choices=["auto", "float32", "bfloat16"], help="our CPU products")
     parser.add_argument("--tokenizer-files", type=Path, default=None, help="folder with the real vocab.json/merges.txt")
@@ -81,7 +82,8 @@ def main() -> None:
     common = ["--device", args.device, "--root", str(args.root), "--out", str(args.out)]
     ours_args = common + [f"--{k}={v}" for k, v in (("budget", args.budget), ("workers", args.workers),
                                                      ("dtype", args.dtype), ("quantize", args.quantize),
-                                                     ("shapes", args.shapes), ("cpu-matmul", args.cpu_matmul))
+                                                     ("shapes", args.shapes), ("cpu-matmul", args.cpu_matmul),
+                                                     ("gpu-memory", args.gpu_memory))
                  if v]  # fmt: skip
     # CPU: both sides loaded at once, alternating round by round. GPU: one after the other, each with the
     # whole device (both caching allocators keep what they touched, and side by side they ran out of memory).

@@ -112,6 +112,10 @@ class Ours:
             cpu_matmul=args.cpu_matmul,
         )
         self.load_s = time.perf_counter() - t
+        if args.gpu_memory:  # instead of the Aligner's own limit (api.GPU_MEMORY_LIMIT), higher or lower
+            total = mx.device_info()["total_memory"]
+            self.aligner.memory_limit = int(total * args.gpu_memory)  # type: ignore[operator]
+            mx.set_memory_limit(self.aligner.memory_limit)
         self.out = args.out
         cores = os.cpu_count() or 1
         gpu = args.device == "gpu"
@@ -351,6 +355,7 @@ def main() -> None:
     parser.add_argument("--quantize", type=int, default=None)
     parser.add_argument("--cpu-matmul", default=None, choices=["auto", "float32", "bfloat16"])
     parser.add_argument("--shapes", default=None)
+    parser.add_argument("--gpu-memory", type=float, default=None)
     args = parser.parse_args()
     stdout = sys.stdout
     sys.stdout = sys.stderr  # library chatter goes to stderr; only RESULT lines on stdout
