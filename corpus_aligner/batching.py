@@ -9,6 +9,7 @@ corpus in half-empty or badly padded batches). Every index lands in exactly one 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -18,14 +19,21 @@ OVERHEAD_SHARE = 0.03
 
 
 def pack_batches(
-    lengths: Sequence[float], budget: float, max_items: int | None = None, overhead: float | None = None
+    lengths: Sequence[float],
+    budget: float,
+    max_items: int | None = None,
+    overhead: float | None = None,
+    rows_multiple: int = 1,
+    width_multiple: int = 1,
 ) -> list[list[int]]:
-    """Indices of `lengths` grouped so that `len(batch) * max(lengths in batch) <= budget`.
+    """Indices of `lengths` grouped so that a batch's padded cost stays within `budget`.
 
-    Items are taken longest first (so the first batch shows the worst-case memory early); an item
-    longer than the budget on its own gets a batch of its own rather than being dropped. Within a
-    batch, indices keep that longest-first order. `overhead` (positions; default 3% of the budget)
-    is what one more batch costs in the objective.
+    A batch's cost is `len(batch) * max(lengths in batch)`, each factor rounded up to `rows_multiple`
+    and `width_multiple` when the model pads its batches to such multiples (GPU shapes): what it
+    computes, so the cuts fall where the rounding wastes least. Items are taken longest first (so the
+    first batch shows the worst-case memory early); an item longer than the budget on its own gets a
+    batch of its own rather than being dropped. Within a batch, indices keep that longest-first order.
+    `overhead` (positions; default 3% of the budget) is what one more batch costs in the objective.
     """
     if budget <= 0:
         raise ValueError(f"batch budget must be positive, got {budget}")
@@ -35,7 +43,7 @@ def pack_batches(
     if n == 0:
         return []
     order = sorted(range(n), key=lambda i: (-lengths[i], i))
-    sorted_len = np.array([float(lengths[i]) for i in order])
+    sorted_len = _round_up(np.array([float(lengths[i]) for i in order]), width_multiple)
     extra = budget * OVERHEAD_SHARE if overhead is None else float(overhead)
     cap = n if max_items is None else max_items
     best = np.zeros(n + 1)  # best[i]: cheapest packing of the first i sorted items
@@ -43,7 +51,7 @@ def pack_batches(
     for i in range(1, n + 1):
         j = np.arange(max(0, i - cap), i)  # candidate starts of the batch ending at item i - 1
         size = i - j
-        cost = size * sorted_len[j]  # the first item of a run is its longest
+        cost = _round_up(size, rows_multiple) * sorted_len[j]  # the first item of a run is its longest
         ok = (cost <= budget) | (size == 1)
         total = np.where(ok, best[j] + cost + extra, np.inf)
         pick = int(np.argmin(total))  # ties: the earliest start, i.e. the larger batch
@@ -56,9 +64,19 @@ def pack_batches(
     return batches[::-1]
 
 
-def padding_fraction(lengths: Sequence[float], batches: Sequence[Sequence[int]]) -> float:
-    """Share of computed positions that are padding: 1 - sum(lengths) / sum(n * longest)."""
-    computed = sum(len(b) * max(lengths[i] for i in b) for b in batches if b)
+def padding_fraction(
+    lengths: Sequence[float], batches: Sequence[Sequence[int]], rows_multiple: int = 1, width_multiple: int = 1
+) -> float:
+    """Share of computed positions that are padding: 1 - sum(lengths) / sum(n * longest), with n and the
+    longest length rounded up to the multiples the model pads its batches to."""
+    computed = sum(
+        _round_up(len(b), rows_multiple) * _round_up(max(lengths[i] for i in b), width_multiple) for b in batches if b
+    )
     if computed == 0:
         return 0.0
     return 1.0 - sum(float(lengths[i]) for b in batches for i in b) / computed
+
+
+def _round_up(x: Any, multiple: int) -> Any:
+    """`x` (a number or an array) rounded up to a multiple of `multiple`."""
+    return -(-x // multiple) * multiple

@@ -28,7 +28,6 @@ from tqdm import tqdm
 
 from corpus_aligner.api import Aligner
 from corpus_aligner.audio import SAMPLE_RATE_HZ
-from corpus_aligner.batching import pack_batches, padding_fraction
 from corpus_aligner.config import AlignConfig, AppConfig, BatchConfig
 from corpus_aligner.corpus import Utterance
 from corpus_aligner.errors import AlignerError
@@ -266,11 +265,11 @@ def progress_bar(total_s: float, enabled: bool) -> tqdm:
     )
 
 
-def plan_batches(prepared: list[Prepared], cfg: AppConfig) -> list[list[int]]:
+def plan_batches(prepared: list[Prepared], cfg: AppConfig, aligner: Aligner) -> list[list[int]]:
     """Long recordings one per batch (longest first), then the short ones packed by padded cost."""
     long = sorted((i for i, p in enumerate(prepared) if p.long), key=lambda i: -prepared[i].duration_s)
     short = [i for i, p in enumerate(prepared) if not p.long]
-    packed = pack_batches([prepared[i].length for i in short], cfg.batch.budget_positions, cfg.batch.max_utterances)
+    packed = aligner.pack([prepared[i].length for i in short], cfg.batch.budget_positions, cfg.batch.max_utterances)
     return [[i] for i in long] + [[short[k] for k in batch] for batch in packed]
 
 
@@ -304,7 +303,7 @@ def run_with(cfg: AppConfig, loaders: Executor | None, writers: Executor) -> Run
         with runner.timed("prepare"):
             prepared, failed = prepare(session.todo, cfg.align, runner.tick_s, aligner, loaders)
         store.write_batch(words_frame([]), utterances_frame(failed))
-        batches = plan_batches(prepared, cfg)
+        batches = plan_batches(prepared, cfg, aligner)
         audio_s = sum(p.duration_s for p in prepared)
         loop_start, done_s, n_batches = perf_counter(), 0.0, 0
         item_lists = [[prepared[i] for i in batch] for batch in batches]
@@ -367,7 +366,7 @@ def run_with(cfg: AppConfig, loaders: Executor | None, writers: Executor) -> Run
         "utterances_processed": len(failed) + sum(len(b) for b in batches[:n_batches]),
         "audio_s_processed": done_s,
         "batches": n_batches,
-        "padding_fraction": padding_fraction(lengths, short_batches) if short_batches else 0.0,
+        "padding_fraction": aligner.padding_fraction(lengths, short_batches) if short_batches else 0.0,
         "throughput_audio_s_per_s": done_s / loop_s if loop_s > 0 else None,
     }
     timings = {**runner.timings, "batches": loop_s}

@@ -12,7 +12,8 @@ both alike. Figures are audio seconds per wall second:
   utterance and a Parquet part per batch (prefetch.py workers), from the file list to files on disk.
   Official: `Qwen3ForcedAligner.align(paths, texts)` in chunks of its batch size, corpus sorted by
   length (kinder to its padding than corpus order), results in memory.
-- 1x and 4x corpus (ours) show the cost is linear; padding = 1 - real / computed decoder positions.
+- 1x and 4x corpus (ours) show the cost is linear; padding = 1 - real / computed decoder positions (rows and
+  width rounded up as the model pads them, `Aligner.padding_fraction`).
 The last line is `speedup_vs_official=<ours end-to-end / official end-to-end at its best batch size>`.
 Random weights: the times are meaningless, the costs are real. Nothing here is a test.
 """

@@ -167,11 +167,9 @@ class Ours:
         return feats, words, lengths
 
     def model(self, cmd: dict[str, Any]) -> dict[str, Any]:
-        from corpus_aligner.batching import pack_batches, padding_fraction
-
         utts = select(self.corpus, cmd)
         feats, words, lengths = self.features(utts)
-        batches = pack_batches(lengths, self.aligner.batch_positions)
+        batches = self.aligner.pack(lengths)
         self.reset_peaks()
         t = time.perf_counter()
         for _ in self.aligner.align_batches(([feats[i] for i in b], [words[i] for i in b]) for b in batches):
@@ -179,7 +177,7 @@ class Ours:
         wall = time.perf_counter() - t
         audio = sum(u.duration_s for u in utts)
         return {"audio_s": audio, "wall_s": wall, "audio_s_per_s": audio / wall, "batches": len(batches),
-                "padding": padding_fraction(lengths, batches), **self.peaks()}  # fmt: skip
+                "padding": self.aligner.padding_fraction(lengths, batches), **self.peaks()}  # fmt: skip
 
     def e2e(self, cmd: dict[str, Any]) -> dict[str, Any]:
         """Files on disk -> TextGrids + Parquet on disk, every stage overlapped."""
@@ -187,7 +185,6 @@ class Ours:
 
         import polars as pl
 
-        from corpus_aligner.batching import pack_batches, padding_fraction
         from corpus_aligner.config import AlignConfig
         from corpus_aligner.corpus import Utterance
         from corpus_aligner.errors import AlignerError
@@ -207,7 +204,7 @@ class Ours:
         words = [[w.token for w in p.words] for p in prepared]
         durations = [p.duration_s for p in prepared]
         lengths = [p.length for p in prepared]
-        batches = pack_batches(lengths, self.aligner.batch_positions)
+        batches = self.aligner.pack(lengths)
         prepare_s = time.perf_counter() - t0
         spans = ([AudioSpan(utts[i].audio_path) for i in b] for b in batches)
         order: deque[list[int]] = deque()
@@ -236,7 +233,7 @@ class Ours:
         audio = sum(u.duration_s for u in utts)
         return {"audio_s": audio, "wall_s": wall, "audio_s_per_s": audio / wall, "prepare_s": prepare_s,
                 "merge_s": time.perf_counter() - t_merge, "align_loop_s": model_s, "batches": len(batches),
-                "padding": padding_fraction(lengths, batches), "words": merged.height,
+                "padding": self.aligner.padding_fraction(lengths, batches), "words": merged.height,
                 "textgrids": sum(1 for _ in (out / "textgrids").rglob("*.TextGrid")), **self.peaks()}  # fmt: skip
 
     def release(self) -> None:
