@@ -1,5 +1,6 @@
-"""The CPU's bf16 matmul path (oneMKL `cblas_gemm_bf16bf16f32`): what it computes, when it applies, and the
-whole model on it. oneMKL runs these products on any x86-64 CPU (with AMX where there is one)."""
+"""The CPU's bf16 matmul path (`cpu_blas.gemm_bf16`: oneMKL's `cblas_gemm_bf16bf16f32` or oneDNN's matmul):
+what it computes, when it applies, and the whole model on it. Both libraries run these products on any
+x86-64 CPU (with AMX or AVX512-BF16 where there is one), so each backend is checked here whatever the CPU."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
+from corpus_aligner import cpu_blas
 from corpus_aligner.model import bf16_matmul
 
 
@@ -149,3 +151,63 @@ def test_conv_is_the_stride_2_convolution_of_bf16_rounded_inputs(bf16: None, h: 
         want = np.array(rounded(mx.array(to_bf16(x).astype(np.float32))))
     assert got.shape == want.shape == (2, (h - 1) // 2 + 1, (w - 1) // 2 + 1, 5)
     np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-5)
+
+
+def backends() -> list[cpu_blas.Bf16Gemm]:
+    mkl, onednn = cpu_blas.load_mkl(), cpu_blas.load_onednn()
+    return [g for g in (cpu_blas.MklGemm(mkl) if mkl else None, onednn) if g is not None]
+
+
+def test_both_libraries_are_installed() -> None:
+    """pyproject.toml installs both on Linux x86-64, as CI does: neither backend below may go unchecked."""
+    assert sorted(g.name for g in backends()) == ["mkl", "onednn"]
+
+
+def bf16_bits(a: np.ndarray) -> np.ndarray:
+    return (to_bf16(a).astype(np.float32).view(np.uint32) >> 16).astype(np.uint16)
+
+
+@pytest.mark.parametrize("backend", backends(), ids=lambda g: g.name)
+@pytest.mark.parametrize(("m", "k", "n"), [(1, 1024, 5000), (37, 96, 40), (300, 200, 33)])
+def test_each_backend_multiplies_bf16_bits_into_float32(backend: cpu_blas.Bf16Gemm, m: int, k: int, n: int) -> None:
+    rng = np.random.default_rng(m + k + n)
+    a, b = rng.standard_normal((m, k)).astype(np.float32), rng.standard_normal((n, k)).astype(np.float32)
+    got = backend(bf16_bits(a), bf16_bits(b))
+    assert got.shape == (m, n) and got.dtype == np.float32
+    want = to_bf16(a) @ to_bf16(b).T
+    np.testing.assert_allclose(got, want, atol=2e-5 * np.sqrt(k) * max(np.abs(want).max(initial=1), 1), rtol=1e-5)
+
+
+@pytest.mark.parametrize("backend", backends(), ids=lambda g: g.name)
+def test_each_backend_from_several_threads_at_once(backend: cpu_blas.Bf16Gemm) -> None:
+    """The model's two CPU workers multiply at the same time, with the same weights and different row counts."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(7)
+    w = bf16_bits(rng.standard_normal((48, 64)).astype(np.float32))
+    xs = [bf16_bits(rng.standard_normal((rows, 64)).astype(np.float32)) for rows in (5, 17, 130, 17) * 4]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda x: backend(x, w), xs))
+    for x, c in zip(xs, got):
+        np.testing.assert_array_equal(c, backend(x, w))
+        np.testing.assert_allclose(c, to_bf16_bits_product(x, w), rtol=1e-5, atol=1e-4)
+
+
+def to_bf16_bits_product(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    def f64(bits: np.ndarray) -> np.ndarray:
+        return (bits.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+
+    return f64(a) @ f64(b).T
+
+
+@pytest.mark.parametrize("name", ["mkl", "onednn"])
+def test_the_backend_can_be_chosen(name: str) -> None:
+    import os
+    import subprocess
+    import sys
+
+    code = "import corpus_aligner\nfrom corpus_aligner import cpu_blas\nprint(cpu_blas.gemm_bf16().name)"
+    env = {**os.environ, "CORPUS_ALIGNER_BF16_GEMM": name}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == name

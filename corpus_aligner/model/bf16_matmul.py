@@ -1,14 +1,16 @@
-"""Linear layers whose float32 matmuls run in bfloat16 on CPUs with AMX, through oneMKL.
+"""Linear layers whose float32 matmuls run in bfloat16 on CPUs with bf16 instructions (`cpu_blas.gemm_bf16`).
 
-On this project's 2-core Sapphire Rapids machine oneMKL's `cblas_gemm_bf16bf16f32` (bf16 inputs, float32
-accumulation and output, AMX tiles) multiplies a decoder layer's matrices at ~1.6 TFLOP/s, float32
-OpenBLAS at ~0.34; MLX's own bf16 CPU matmul runs at 7 GFLOP/s. Only the products change: inputs are
-rounded to bf16 (the released weights are bf16 already; activations round as in the model's GPU
-precision), everything else stays float32, like torch's `set_float32_matmul_precision("medium")`.
+oneMKL's `cblas_gemm_bf16bf16f32` on AMX (Intel Sapphire Rapids: a decoder layer's matrices at ~1.6 TFLOP/s on
+2 cores, float32 OpenBLAS ~0.34) and oneDNN's matmul on AVX512-BF16 (AMD Zen 4: 380-420 GFLOP/s on 2 cores,
+float32 OpenBLAS 170); MLX's own bf16 CPU matmul runs at 7 GFLOP/s. Both take bf16 inputs and accumulate and
+return float32. Only the products change: inputs are rounded to bf16 (the released weights are bf16 already;
+activations round as in the model's GPU precision), everything else stays float32, like torch's
+`set_float32_matmul_precision("medium")`.
 
 Precision "float32" keeps exact float32 products (what the official code computes on the CPU), "bfloat16"
-asks for this path, "auto" takes it where the CPU has AMX-BF16 and oneMKL is installed. The environment
-variable CORPUS_ALIGNER_CPU_MATMUL overrides "auto" (the test suite pins float32 with it).
+asks for this path, "auto" takes it where the CPU has AMX-BF16 or AVX512-BF16 and a library for it is
+installed. The environment variable CORPUS_ALIGNER_CPU_MATMUL overrides "auto" (the test suite pins float32
+with it).
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ import numpy as np
 
 from corpus_aligner import cpu_blas
 
-_ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112  # cblas enums
 set_precision = cpu_blas.set_matmul_precision
 resolved_precision = cpu_blas.matmul_precision
 
@@ -43,11 +44,9 @@ def _product(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """a (M, K) @ b (N, K).T of bf16 bits (uint16, C-contiguous), float32 accumulation: (M, N) float32."""
     gemm = cpu_blas.gemm_bf16()
     assert gemm is not None
-    (M, K), N = a.shape, b.shape[0]
-    c = np.empty((M, N), dtype=np.float32)
-    if M:
-        gemm(_ROW_MAJOR, _NO_TRANS, _TRANS, M, N, K, 1.0, a.ctypes.data, K, b.ctypes.data, K, 0.0, c.ctypes.data, N)
-    return c
+    if not a.shape[0]:
+        return np.empty((0, b.shape[0]), dtype=np.float32)
+    return gemm(a, b)
 
 
 def _bf16_rows(x: mx.array) -> tuple[list[int], np.ndarray]:
