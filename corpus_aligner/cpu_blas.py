@@ -319,6 +319,14 @@ def gemm_bf16() -> Bf16Gemm | None:
     return _gemm["gemm"]
 
 
+def matmul_info() -> dict[str, str]:
+    """What the CPU's float32 matrix products compute in now and which library multiplies them (run.json)."""
+    precision = matmul_precision()
+    gemm = gemm_bf16() if precision == "bfloat16" else None
+    library = gemm.name if isinstance(gemm, (MklGemm, DnnlGemm)) else ("openblas" if _state["loaded"] else "mlx")
+    return {"precision": precision, "library": library}
+
+
 # ----- numpy kernels on every core ------------------------------------------------------------------
 @lru_cache(maxsize=1)
 def _core_pool() -> ThreadPoolExecutor:

@@ -179,6 +179,8 @@ def run_info(cfg: Any, checkpoint: Any, n_utterances: int, n_done: int) -> dict[
     """The head of run.json: what ran (model, config, versions, device), on what share, and when."""
     import mlx.core as mx
 
+    from corpus_aligner import cpu_blas
+
     return {
         "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "model": {
@@ -190,6 +192,7 @@ def run_info(cfg: Any, checkpoint: Any, n_utterances: int, n_done: int) -> dict[
         "config": asdict(cfg),
         "versions": package_versions(),
         "device": str(mx.default_device()),
+        "cpu_matmul": cpu_blas.matmul_info() if mx.default_device() == mx.cpu else None,
         "utterances_in_shard": n_utterances,
         "already_done": n_done,
     }

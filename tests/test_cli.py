@@ -60,6 +60,7 @@ def test_main_job_on_the_shipped_sample_and_rerun(tmp_path: Path, tiny_checkpoin
     assert run["status"] == "finished" and run["model"]["fingerprint"].startswith("sha256:")
     assert run["model"]["source"] == str(tiny_checkpoint_dir) and run["config"]["model"]["random_tiny"]
     assert {"mlx", "polars", "praatio", "corpus-aligner"} <= set(run["versions"])
+    assert run["cpu_matmul"] == {"precision": "float32", "library": "openblas"}  # conftest pins float32
     assert run["timings_s"]["total"] > 0 and run["this_run"]["audio_s_processed"] > 20
     report = json.loads((run_dir / "report.json").read_text())
     assert report["utterances"]["aligned"] == 7 and report["words"]["total"] == words.height
