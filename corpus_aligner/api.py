@@ -20,7 +20,7 @@ import numpy as np
 
 from corpus_aligner import cpu_blas
 from corpus_aligner.audio import load_audio
-from corpus_aligner.batching import pack_batches, padding_fraction
+from corpus_aligner.batching import OVERHEAD_SHARE, pack_batches, padding_fraction
 from corpus_aligner.checkpoint import CheckpointInfo, load_model, read_config, resolve
 from corpus_aligner.decode import decode_words
 from corpus_aligner.errors import AlignerError, AudioError, TooLongError
@@ -43,7 +43,7 @@ DEFAULT_BATCH_POSITIONS = {"cpu": 4096, "gpu": 131072}
 # What one more batch costs in the packing objective, as a share of the budget (`batching.pack_batches`). GPU:
 # 2 % cuts the bench's 1x corpus (1,000 utterances, 12,143 s) into 12 batches with 8.3 % of computed decoder
 # positions padding, rows and width rounded as `Shapes` pads them; at 3 %, 8 batches and 12.1 %.
-BATCH_OVERHEAD_SHARE = {"cpu": 0.03, "gpu": 0.02}
+BATCH_OVERHEAD_SHARE = {"cpu": OVERHEAD_SHARE, "gpu": 0.02}
 
 
 @dataclass(frozen=True)

@@ -157,7 +157,6 @@ def matmul_precision() -> str:
 
 
 # ----- bf16 products: a (M, K) @ b (N, K).T of bf16 bits, float32 accumulation -------------------------
-Bf16Gemm = Callable[[np.ndarray, np.ndarray], np.ndarray]
 BF16_BACKENDS = ("mkl", "onednn")
 _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112  # cblas enums
 
@@ -275,6 +274,7 @@ class DnnlGemm:
         return c
 
 
+Bf16Gemm = MklGemm | DnnlGemm  # called as gemm(a, b) -> a @ b.T in float32; `name` says which library
 DNNL_NAMES = ("libdnnl.so.3", "libdnnl.so")
 _gemm: dict[str, Bf16Gemm | None] = {}
 
@@ -315,15 +315,15 @@ def gemm_bf16() -> Bf16Gemm | None:
             if gemm is not None:
                 break
         _gemm["gemm"] = gemm
-        log.debug("bf16 products: %s", getattr(gemm, "name", None))
+        log.debug("bf16 products: %s", gemm.name if gemm else None)
     return _gemm["gemm"]
 
 
 def matmul_info() -> dict[str, str]:
     """What the CPU's float32 matrix products compute in now and which library multiplies them (run.json)."""
     precision = matmul_precision()
-    gemm = gemm_bf16() if precision == "bfloat16" else None
-    library = gemm.name if isinstance(gemm, (MklGemm, DnnlGemm)) else ("openblas" if _state["loaded"] else "mlx")
+    gemm = gemm_bf16() if precision == "bfloat16" else None  # never None for bfloat16: matmul_precision checks
+    library = gemm.name if gemm else ("openblas" if _state["loaded"] else "mlx")
     return {"precision": precision, "library": library}
 
 
