@@ -8,13 +8,20 @@ queries, attention output and MLP at those rows alone (its keys and values still
 
 from __future__ import annotations
 
+import threading
 from functools import partial
 
 import mlx.core as mx
 import mlx.nn as nn
 
-from corpus_aligner.model import bf16_matmul, cpu_attention, fastmath
+from corpus_aligner.model import bf16_matmul, cpu_attention, cuda_kernels, fastmath
 from corpus_aligner.model.args import DecoderArgs
+
+# Whether an NVIDIA GPU takes q, k and v from one product and one fused norm + RoPE kernel
+# (`cuda_kernels.qkv_norm_rope`), and whether a GPU takes the MLP's gate and up from one product; False keeps
+# the separate products and ops (the A/B baselines in docs/performance.md).
+FUSED_QKV = True
+FUSED_GATE_UP = True
 
 
 class Attention(nn.Module):
@@ -25,6 +32,7 @@ class Attention(nn.Module):
         self.head_dim = args.head_dim
         self.scale = args.head_dim**-0.5
         self.rope_theta = args.rope_theta
+        self.eps = args.rms_norm_eps
         d = args.hidden_size
         self.q_proj = bf16_matmul.Linear(d, self.n_heads * self.head_dim, bias=False)
         self.k_proj = bf16_matmul.Linear(d, self.n_kv_heads * self.head_dim, bias=False)
@@ -45,8 +53,20 @@ class Attention(nn.Module):
 
     def __call__(self, x: mx.array) -> mx.array:
         B, S, _ = x.shape
-        q = self.rope(self.q_norm(self.q_proj(x).reshape(B, S, self.n_heads, -1)).transpose(0, 2, 1, 3))
-        k, v = self.keys_values(x)
+        qkv = stacked(self, ("q_proj", "k_proj", "v_proj")) if FUSED_QKV and cuda_kernels.available() else None
+        if qkv is not None:
+            q, k, v = cuda_kernels.qkv_norm_rope(
+                x @ qkv.weight.T,
+                self.q_norm.weight,
+                self.k_norm.weight,
+                self.n_heads,
+                self.n_kv_heads,
+                self.rope_theta,
+                self.eps,
+            )
+        else:
+            q = self.rope(self.q_norm(self.q_proj(x).reshape(B, S, self.n_heads, -1)).transpose(0, 2, 1, 3))
+            k, v = self.keys_values(x)
         o = causal_attention(q, k, v, self.scale)  # (B, S, H, hd)
         return self.o_proj(o.reshape(B, S, -1))
 
@@ -64,6 +84,35 @@ class Attention(nn.Module):
         visible = mx.arange(S)[None, None, None, :] <= rows[:, None, :, None]  # (B, 1, K, S)
         o = grouped_attention(q, k, v, self.scale, visible)
         return self.o_proj(o.transpose(0, 2, 1, 3).reshape(B, K, -1))
+
+
+class Stacked:
+    """Weights of several projections of one input stacked along the output axis, for one product; a plain
+    attribute of the module, not a parameter, rebuilt if any of the weight arrays changes."""
+
+    def __init__(self, parts: tuple[mx.array, ...]):
+        self.parts = parts
+        self.weight = mx.concatenate(list(parts), axis=0)
+        mx.eval(self.weight)  # built once, then read by every thread's stream
+
+
+_stack_lock = threading.Lock()
+
+
+def stacked(module: nn.Module, names: tuple[str, ...]) -> Stacked | None:
+    """`module`'s projections `names` stacked in that order, or None where they are quantized (their weights
+    are packed codes) or biased."""
+    layers = [module[name] for name in names]
+    parts = tuple(layer.weight for layer in layers)
+    if any("bias" in layer for layer in layers) or not all(mx.issubdtype(w.dtype, mx.floating) for w in parts):
+        return None
+    key = "stacked_" + "_".join(names)
+    with _stack_lock:
+        found = getattr(module, key, None)
+        if found is None or any(a is not b for a, b in zip(found.parts, parts)):
+            found = Stacked(parts)
+            setattr(module, key, found)
+    return found
 
 
 def causal_attention(q: mx.array, k: mx.array, v: mx.array, scale: float) -> mx.array:
@@ -103,6 +152,11 @@ class MLP(nn.Module):
             return self.down_proj(bf16_matmul.silu_gate_up(x, self.gate_proj, self.up_proj))
         if fastmath.use_fast_math():
             return self.down_proj(fastmath.silu_mul(self.gate_proj(x), self.up_proj(x)))
+        both = stacked(self, ("gate_proj", "up_proj")) if FUSED_GATE_UP else None
+        if both is not None:  # one product, the two halves read in place by the fused SiLU
+            y = x @ both.weight.T
+            F = self.gate_proj.weight.shape[0]
+            return self.down_proj(_silu_mul(y[..., :F], y[..., F:]))
         return self.down_proj(_silu_mul(self.gate_proj(x), self.up_proj(x)))
 
 
