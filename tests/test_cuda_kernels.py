@@ -68,3 +68,38 @@ def test_attention_output_does_not_depend_on_the_kernel_switch(monkeypatch: pyte
     monkeypatch.setattr(decoder, "FUSED_QKV", False)
     plain = np.array(attn(x).astype(mx.float32))
     np.testing.assert_allclose(fused, plain, atol=0.03 * np.abs(plain).max())
+
+
+@pytest.mark.parametrize("frames", [100, 37])
+def test_first_conv_with_gelu_matches_the_product_and_mlx_gelu(frames: int) -> None:
+    import mlx.nn as nn
+
+    from corpus_aligner.model.encoder import conv3x3_s2
+
+    mx.random.seed(3)
+    conv = nn.Conv2d(1, 480, 3, stride=2, padding=1)
+    conv.set_dtype(mx.float16)
+    chunks = mx.random.normal((5, frames, 128)).astype(mx.float16)
+    got = cuda_kernels.conv3x3_s2_gelu(chunks, conv.weight, conv.bias)
+    want = nn.gelu(conv3x3_s2(conv, chunks.transpose(0, 2, 1)[..., None]))
+    assert got.shape == want.shape == (5, 64, (frames - 1) // 2 + 1, 480) and got.dtype == mx.float16
+    a, b = np.array(got.astype(mx.float32)), np.array(want.astype(mx.float32))
+    # the kernel rounds once after bias and GELU, the reference after each: an fp16 rounding or two apart
+    np.testing.assert_allclose(a, b, atol=4e-3 * np.abs(b).max(), rtol=4e-3)
+
+
+def test_downsample_does_not_depend_on_the_conv_kernel_switch(monkeypatch: pytest.MonkeyPatch) -> None:
+    from corpus_aligner.model import encoder
+    from corpus_aligner.model.args import EncoderArgs
+
+    mx.random.seed(4)
+    enc = encoder.AudioEncoder(EncoderArgs(d_model=64, encoder_layers=1, encoder_attention_heads=2,
+                                           encoder_ffn_dim=128, output_dim=64))  # fmt: skip
+    enc.set_dtype(mx.float16)
+    chunks = mx.random.normal((4, 100, 128)).astype(mx.float16)
+    lengths = np.array([100, 100, 100, 41])  # the last one a short clip: masked after every conv
+    monkeypatch.setattr(encoder, "FUSED_CONV1", True)
+    fused = np.array(enc.downsample(chunks, lengths).astype(mx.float32))
+    monkeypatch.setattr(encoder, "FUSED_CONV1", False)
+    plain = np.array(enc.downsample(chunks, lengths).astype(mx.float32))
+    np.testing.assert_allclose(fused, plain, atol=0.02 * np.abs(plain).max())
