@@ -71,10 +71,15 @@ def test_attention_output_does_not_depend_on_the_kernel_switch(monkeypatch: pyte
 
 
 @pytest.mark.parametrize("frames", [100, 37])
-def test_first_conv_with_gelu_matches_the_product_and_mlx_gelu(frames: int) -> None:
+@pytest.mark.parametrize("max_chunks", [1024, 2])  # 2: the chunks go through in three launches
+def test_first_conv_with_gelu_matches_the_product_and_mlx_gelu(
+    frames: int, max_chunks: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import mlx.nn as nn
 
     from corpus_aligner.model.encoder import conv3x3_s2
+
+    monkeypatch.setattr(cuda_kernels, "_CONV1_MAX_CHUNKS", max_chunks)
 
     mx.random.seed(3)
     conv = nn.Conv2d(1, 480, 3, stride=2, padding=1)

@@ -36,26 +36,20 @@ def test_gpu_kernel_path_matches_the_cpu_one(tiny_checkpoint_dir: Path) -> None:
     np.testing.assert_allclose(gpu_path, cpu, atol=2e-4 * np.abs(cpu).max())
 
 
-def test_stacked_projections_give_the_separate_products_and_follow_new_weights(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_stacked_projections_equal_the_weights_and_follow_new_ones() -> None:
     from corpus_aligner.model import decoder
     from corpus_aligner.model.args import DecoderArgs
 
     mx.random.seed(0)
-    args = DecoderArgs(hidden_size=64, intermediate_size=96, num_attention_heads=4, num_key_value_heads=2, head_dim=16)
-    mlp = decoder.MLP(args)
-    x = mx.random.normal((2, 5, 64))
-    monkeypatch.setattr(fastmath, "use_fast_math", lambda: False)  # the GPU's path, on the CPU
-    with mx.stream(mx.cpu):
-        monkeypatch.setattr(decoder, "FUSED_GATE_UP", False)
-        separate = np.array(mlp(x))
-        monkeypatch.setattr(decoder, "FUSED_GATE_UP", True)
-        np.testing.assert_allclose(np.array(mlp(x)), separate, rtol=1e-5, atol=1e-6)
-        first = decoder.stacked(mlp, ("gate_proj", "up_proj"))
-        assert first is not None and first is decoder.stacked(mlp, ("gate_proj", "up_proj"))
-        mlp.up_proj.weight = mlp.up_proj.weight * 2  # e.g. weights loaded again
-        second = decoder.stacked(mlp, ("gate_proj", "up_proj"))
-        assert second is not first
-        assert mx.array_equal(second.weight[args.intermediate_size :], mlp.up_proj.weight).item()
-        assert not np.allclose(np.array(mlp(x)), separate, atol=1e-3)
+    args = DecoderArgs(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=16)
+    attn = decoder.Attention(args)
+    names = ("q_proj", "k_proj", "v_proj")
+    first = decoder.stacked(attn, names)
+    assert first is not None and first is decoder.stacked(attn, names)  # built once
+    assert mx.array_equal(first.weight, mx.concatenate([attn[n].weight for n in names])).item()
+    attn.k_proj.weight = attn.k_proj.weight * 2  # e.g. weights loaded again
+    second = decoder.stacked(attn, names)
+    assert second is not first
+    assert mx.array_equal(second.weight[64:96], attn.k_proj.weight).item()
+    attn.load_weights([("v_proj.weight", mx.zeros((32, 64), mx.uint32))], strict=False)  # packed codes
+    assert decoder.stacked(attn, names) is None

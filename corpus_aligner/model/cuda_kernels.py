@@ -130,14 +130,15 @@ def qkv_norm_rope(
     )
 
 
-# One thread per 8 output channels of one output position of the first conv (one input channel, 3x3, stride 2,
-# padding 1), its bias and exact GELU added before the single rounding; the input is read from the
-# (chunks, time, mel) features directly, the conv's H axis being mel and W time (the NHWC view `downsample`
-# takes).
+# One thread per two adjacent output channels of one output position of the first conv (one input channel,
+# 3x3, stride 2, padding 1), its bias and exact GELU added before the single rounding; a warp's stores are one
+# contiguous 128-byte run. The input is read from the (chunks, time, mel) features directly, the conv's H axis
+# being mel and W time (the NHWC view `downsample` takes).
 _CONV1_GELU = """
     constexpr int HO = (MEL - 1) / 2 + 1;
     constexpr int WO = (TW - 1) / 2 + 1;
-    constexpr int GROUPS = C / CPT;
+    constexpr int GROUPS = C / 2;
+    struct alignas(2 * sizeof(T)) Pair { T a, b; };
     auto tid = cooperative_groups::this_grid().thread_rank();
     long long total = static_cast<long long>(dims[0]) * HO * WO * GROUPS;
     if (tid >= total) return;
@@ -147,27 +148,24 @@ _CONV1_GELU = """
     r /= WO;
     int i = r % HO;
     long long n = r / HO;
-    float taps[9];
+    float acc0 = static_cast<float>(bias[2 * g]), acc1 = static_cast<float>(bias[2 * g + 1]);
     #pragma unroll
     for (int di = 0; di < 3; ++di) {
         #pragma unroll
         for (int dj = 0; dj < 3; ++dj) {
             int h = 2 * i + di - 1, w = 2 * j + dj - 1;
             bool inside = h >= 0 && h < MEL && w >= 0 && w < TW;
-            taps[di * 3 + dj] = inside ? static_cast<float>(x[(n * TW + w) * MEL + h]) : 0.0f;
+            float tap = inside ? static_cast<float>(x[(n * TW + w) * MEL + h]) : 0.0f;
+            acc0 += static_cast<float>(weight[(2 * g) * 9 + di * 3 + dj]) * tap;
+            acc1 += static_cast<float>(weight[(2 * g + 1) * 9 + di * 3 + dj]) * tap;
         }
     }
-    T* o = out + ((n * HO + i) * WO + j) * C + g * CPT;
-    #pragma unroll
-    for (int k = 0; k < CPT; ++k) {
-        int c = g * CPT + k;
-        float acc = static_cast<float>(bias[c]);
-        #pragma unroll
-        for (int t = 0; t < 9; ++t) acc += static_cast<float>(weight[c * 9 + t]) * taps[t];
-        o[k] = static_cast<T>(0.5f * acc * (1.0f + erff(acc * 0.70710678118654752f)));
-    }
+    Pair out_pair;
+    out_pair.a = static_cast<T>(0.5f * acc0 * (1.0f + erff(acc0 * 0.70710678118654752f)));
+    out_pair.b = static_cast<T>(0.5f * acc1 * (1.0f + erff(acc1 * 0.70710678118654752f)));
+    reinterpret_cast<Pair*>(out)[((n * HO + i) * WO + j) * GROUPS + g] = out_pair;
 """
-_CONV1_CHANNELS_PER_THREAD = 8
+_CONV1_MAX_CHUNKS = 1024  # keeps the thread count of one launch within a CUDA grid (int32)
 
 
 @cache
@@ -187,19 +185,16 @@ def conv3x3_s2_gelu(chunks: mx.array, weight: mx.array, bias: mx.array) -> mx.ar
     product, its bias and the GELU each wrote and read it."""
     n, time, mel = chunks.shape
     channels = weight.shape[0]
-    if weight.shape[1:] != (3, 3, 1) or channels % _CONV1_CHANNELS_PER_THREAD:
-        raise ValueError(f"a one-channel 3x3 conv with a multiple of 8 output channels, got weight {weight.shape}")
+    if weight.shape[1:] != (3, 3, 1) or channels % 2:
+        raise ValueError(f"a one-channel 3x3 conv with an even number of output channels, got weight {weight.shape}")
+    if n > _CONV1_MAX_CHUNKS:
+        parts = [chunks[i : i + _CONV1_MAX_CHUNKS] for i in range(0, n, _CONV1_MAX_CHUNKS)]
+        return mx.concatenate([conv3x3_s2_gelu(p, weight, bias) for p in parts], axis=0)
     ho, wo = (mel - 1) // 2 + 1, (time - 1) // 2 + 1
     return _conv1_kernel()(
         inputs=[chunks, weight.astype(chunks.dtype), bias.astype(chunks.dtype), mx.array([n], mx.int32)],
-        template=[
-            ("T", chunks.dtype),
-            ("MEL", mel),
-            ("TW", time),
-            ("C", channels),
-            ("CPT", _CONV1_CHANNELS_PER_THREAD),
-        ],
-        grid=(n * ho * wo * channels // _CONV1_CHANNELS_PER_THREAD, 1, 1),
+        template=[("T", chunks.dtype), ("MEL", mel), ("TW", time), ("C", channels)],
+        grid=(n * ho * wo * channels // 2, 1, 1),
         threadgroup=(256, 1, 1),
         output_shapes=[(n, ho, wo, channels)],
         output_dtypes=[chunks.dtype],

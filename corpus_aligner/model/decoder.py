@@ -18,10 +18,8 @@ from corpus_aligner.model import bf16_matmul, cpu_attention, cuda_kernels, fastm
 from corpus_aligner.model.args import DecoderArgs
 
 # Whether an NVIDIA GPU takes q, k and v from one product and one fused norm + RoPE kernel
-# (`cuda_kernels.qkv_norm_rope`), and whether a GPU takes the MLP's gate and up from one product; False keeps
-# the separate products and ops (the A/B baselines in docs/performance.md).
+# (`cuda_kernels.qkv_norm_rope`); False keeps the separate products and MLX ops (the A/B baseline).
 FUSED_QKV = True
-FUSED_GATE_UP = True
 
 
 class Attention(nn.Module):
@@ -152,11 +150,6 @@ class MLP(nn.Module):
             return self.down_proj(bf16_matmul.silu_gate_up(x, self.gate_proj, self.up_proj))
         if fastmath.use_fast_math():
             return self.down_proj(fastmath.silu_mul(self.gate_proj(x), self.up_proj(x)))
-        both = stacked(self, ("gate_proj", "up_proj")) if FUSED_GATE_UP else None
-        if both is not None:  # one product, the two halves read in place by the fused SiLU
-            y = x @ both.weight.T
-            F = self.gate_proj.weight.shape[0]
-            return self.down_proj(_silu_mul(y[..., :F], y[..., F:]))
         return self.down_proj(_silu_mul(self.gate_proj(x), self.up_proj(x)))
 
 
