@@ -1,4 +1,4 @@
-"""Fused CUDA kernels for an NVIDIA GPU (`mx.fast.cuda_kernel`), where separate MLX kernels
+"""Fused CUDA kernels for the decoder on an NVIDIA GPU (`mx.fast.cuda_kernel`), where separate MLX kernels
 spend their time moving activations rather than computing.
 
 `qkv_norm_rope`: after one product for q, k and v, one pass does the per-head RMSNorm of q and k, their
@@ -9,11 +9,6 @@ an H100, against ~0.7 ms for the products alone (docs/performance.md).
 The arithmetic and roundings follow the MLX ops they replace: the norm in float32 rounded to the model's
 dtype (`mx.fast.rms_norm`), then the rotation of those rounded values in float32, rounded again
 (`mx.fast.rope`, NeoX rotate-half, position = index in the row).
-
-`conv3x3_s2_gelu`: the encoder's first conv (one input channel, so a product with K = 9 of a 480-channel
-output) with its bias and GELU in one pass: its output is the encoder's largest activation (1.5 M values
-per 1-s chunk), which the im2col product, the bias and the GELU each wrote and read (1.9 ms per 256 chunks on
-an H200).
 """
 
 from __future__ import annotations
@@ -128,74 +123,3 @@ def qkv_norm_rope(
             output_dtypes=[qkv.dtype] * 3,
         )
     )
-
-
-# One thread per two adjacent output channels of one output position of the first conv (one input channel,
-# 3x3, stride 2, padding 1), its bias and exact GELU added before the single rounding; a warp's stores are one
-# contiguous 128-byte run. The input is read from the (chunks, time, mel) features directly, the conv's H axis
-# being mel and W time (the NHWC view `downsample` takes).
-_CONV1_GELU = """
-    constexpr int HO = (MEL - 1) / 2 + 1;
-    constexpr int WO = (TW - 1) / 2 + 1;
-    constexpr int GROUPS = C / 2;
-    struct alignas(2 * sizeof(T)) Pair { T a, b; };
-    auto tid = cooperative_groups::this_grid().thread_rank();
-    long long total = static_cast<long long>(dims[0]) * HO * WO * GROUPS;
-    if (tid >= total) return;
-    int g = tid % GROUPS;
-    long long r = tid / GROUPS;
-    int j = r % WO;
-    r /= WO;
-    int i = r % HO;
-    long long n = r / HO;
-    float acc0 = static_cast<float>(bias[2 * g]), acc1 = static_cast<float>(bias[2 * g + 1]);
-    #pragma unroll
-    for (int di = 0; di < 3; ++di) {
-        #pragma unroll
-        for (int dj = 0; dj < 3; ++dj) {
-            int h = 2 * i + di - 1, w = 2 * j + dj - 1;
-            bool inside = h >= 0 && h < MEL && w >= 0 && w < TW;
-            float tap = inside ? static_cast<float>(x[(n * TW + w) * MEL + h]) : 0.0f;
-            acc0 += static_cast<float>(weight[(2 * g) * 9 + di * 3 + dj]) * tap;
-            acc1 += static_cast<float>(weight[(2 * g + 1) * 9 + di * 3 + dj]) * tap;
-        }
-    }
-    Pair out_pair;
-    out_pair.a = static_cast<T>(0.5f * acc0 * (1.0f + erff(acc0 * 0.70710678118654752f)));
-    out_pair.b = static_cast<T>(0.5f * acc1 * (1.0f + erff(acc1 * 0.70710678118654752f)));
-    reinterpret_cast<Pair*>(out)[((n * HO + i) * WO + j) * GROUPS + g] = out_pair;
-"""
-_CONV1_MAX_CHUNKS = 1024  # keeps the thread count of one launch within a CUDA grid (int32)
-
-
-@cache
-def _conv1_kernel() -> Any:
-    return mx.fast.cuda_kernel(
-        name="conv3x3_s2_gelu_one_channel",
-        input_names=["x", "weight", "bias", "dims"],
-        output_names=["out"],
-        source=_CONV1_GELU,
-    )
-
-
-def conv3x3_s2_gelu(chunks: mx.array, weight: mx.array, bias: mx.array) -> mx.array:
-    """GELU(conv(x) + bias) for the encoder's first conv over features `chunks` (N, time, mel), x being their
-    (N, mel, time, 1) NHWC view; weight (C, 3, 3, 1) in MLX's layout. Returns (N, ceil(mel/2), ceil(time/2), C)
-    in the features' dtype: one pass that writes the largest activation of the encoder once, where the
-    product, its bias and the GELU each wrote and read it."""
-    n, time, mel = chunks.shape
-    channels = weight.shape[0]
-    if weight.shape[1:] != (3, 3, 1) or channels % 2:
-        raise ValueError(f"a one-channel 3x3 conv with an even number of output channels, got weight {weight.shape}")
-    if n > _CONV1_MAX_CHUNKS:
-        parts = [chunks[i : i + _CONV1_MAX_CHUNKS] for i in range(0, n, _CONV1_MAX_CHUNKS)]
-        return mx.concatenate([conv3x3_s2_gelu(p, weight, bias) for p in parts], axis=0)
-    ho, wo = (mel - 1) // 2 + 1, (time - 1) // 2 + 1
-    return _conv1_kernel()(
-        inputs=[chunks, weight.astype(chunks.dtype), bias.astype(chunks.dtype), mx.array([n], mx.int32)],
-        template=[("T", chunks.dtype), ("MEL", mel), ("TW", time), ("C", channels)],
-        grid=(n * ho * wo * channels // 2, 1, 1),
-        threadgroup=(256, 1, 1),
-        output_shapes=[(n, ho, wo, channels)],
-        output_dtypes=[chunks.dtype],
-    )[0]

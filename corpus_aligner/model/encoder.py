@@ -17,7 +17,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from corpus_aligner.model import bf16_matmul, cpu_attention, cuda_kernels, fastmath
+from corpus_aligner.model import bf16_matmul, cpu_attention, fastmath
 from corpus_aligner.model.args import EncoderArgs
 from corpus_aligner.model.plan import (  # noqa: F401  (re-exported: the plan is part of the encoder's API)
     ENCODER_ATTENTION_MODES,
@@ -28,9 +28,6 @@ from corpus_aligner.model.plan import (  # noqa: F401  (re-exported: the plan is
 )
 
 FP16_CLAMP = 65504.0 - 1000.0
-# Whether an NVIDIA GPU runs the first conv and its GELU as one CUDA kernel (`cuda_kernels.conv3x3_s2_gelu`);
-# False keeps the im2col product and MLX's GELU (the A/B baseline).
-FUSED_CONV1 = True
 
 
 @lru_cache(maxsize=8)
@@ -203,19 +200,15 @@ class AudioEncoder(nn.Module):
         lengths = conv_lengths
         for conv in (self.conv2d1, self.conv2d2, self.conv2d3):
             # One input channel: as a product with K = 9 the first conv ran 1.5x faster on an H100 than
-            # MLX's CUDA convolution, and fused with its GELU in one CUDA kernel faster again; the
-            # 480-channel ones are faster as convolutions (cuDNN).
+            # MLX's CUDA convolution; the 480-channel ones are faster as convolutions (cuDNN).
             one_channel = conv.weight.shape[-1] == 1 and not fastmath.use_fast_math()
-            if one_channel and FUSED_CONV1 and cuda_kernels.available():
-                x = cuda_kernels.conv3x3_s2_gelu(chunks, conv.weight, conv.bias)
+            if one_channel:
+                x = conv3x3_s2(conv, x)
+            elif conv.weight.shape[-1] > 1 and bf16_matmul.applies(x, conv.weight):
+                x = bf16_matmul.conv3x3_s2(x, bf16_matmul.bf16_copy(conv), conv.bias)
             else:
-                if one_channel:
-                    x = conv3x3_s2(conv, x)
-                elif conv.weight.shape[-1] > 1 and bf16_matmul.applies(x, conv.weight):
-                    x = bf16_matmul.conv3x3_s2(x, bf16_matmul.bf16_copy(conv), conv.bias)
-                else:
-                    x = conv(x)
-                x = gelu(x)
+                x = conv(x)
+            x = gelu(x)
             if lengths is not None:
                 lengths = (lengths - 1) // 2 + 1
                 keep = np.arange(x.shape[2])[None, :] < lengths[:, None]  # (N, W)
