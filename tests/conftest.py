@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -14,6 +15,8 @@ import corpus_aligner  # noqa: F401  (loads OpenBLAS before any test module impo
 # Exact float32 products wherever a test leaves the CPU matmul precision at "auto" (oracle parity, batch
 # invariance); tests/test_bf16_matmul.py asks for the bf16 path explicitly. Inherited by CLI subprocesses.
 os.environ["CORPUS_ALIGNER_CPU_MATMUL"] = "float32"
+# checkpoint fingerprints are remembered here, not in the user's ~/.cache
+os.environ["CORPUS_ALIGNER_CACHE"] = tempfile.mkdtemp(prefix="corpus-aligner-cache-")
 
 PRAAT_SCRIPT = Path(__file__).parent / "praat" / "check_textgrids.praat"
 

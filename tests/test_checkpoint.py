@@ -180,3 +180,39 @@ def test_missing_folder_is_a_clear_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError, match=r"no config\.json"):
         resolve(tmp_path / "empty")
+
+
+def test_fingerprint_is_remembered_until_a_file_changes(ckpt, tmp_path, monkeypatch):
+    import hashlib
+    import shutil
+
+    import corpus_aligner.checkpoint as checkpoint
+
+    folder = tmp_path / "ckpt"
+    shutil.copytree(ckpt, folder)
+    monkeypatch.setenv("CORPUS_ALIGNER_CACHE", str(tmp_path / "cache"))
+    hashed = []
+    real_sha256 = hashlib.sha256
+    monkeypatch.setattr(checkpoint.hashlib, "sha256", lambda *a: hashed.append(1) or real_sha256(*a))
+
+    first = resolve(folder).fingerprint
+    assert first.startswith("sha256:") and len(hashed) == 1
+    assert (tmp_path / "cache" / "checkpoint-fingerprints.json").is_file()
+    assert resolve(folder).fingerprint == first and len(hashed) == 1  # from the cache: no file read
+    monkeypatch.setenv("CORPUS_ALIGNER_CACHE", str(tmp_path / "other-cache"))
+    assert resolve(folder).fingerprint == first and len(hashed) == 2  # a fresh cache hashes the same
+
+    config = json.loads((folder / "config.json").read_text())
+    config["note"] = "edited"
+    (folder / "config.json").write_text(json.dumps(config))  # new size and mtime
+    changed = resolve(folder).fingerprint
+    assert changed != first and len(hashed) == 3
+
+
+def test_unwritable_fingerprint_cache_still_resolves(ckpt, tmp_path, monkeypatch, caplog):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache folder would go")
+    monkeypatch.setenv("CORPUS_ALIGNER_CACHE", str(blocker))
+    with caplog.at_level("WARNING"):
+        assert resolve(ckpt).fingerprint.startswith("sha256:")
+    assert "could not remember" in caplog.text
