@@ -22,6 +22,8 @@ python3 -m pip wheel -q --no-deps -w .whl1 antlr4-python3-runtime==4.9.3  # Hydr
 # the official: qwen-asr and the pins its transformers checks at import
 get .whl2 qwen-asr==0.0.6 transformers==4.57.6 tokenizers==0.22.2 huggingface_hub==0.36.2 librosa==0.11.0 \
   audioread pooch decorator platformdirs
+# pytest, for the CUDA kernels' tests (tests/test_cuda_kernels.py run only where MLX has CUDA)
+get .whl2 pytest==8.3.5 pluggy iniconfig packaging
 # the real Qwen3 tokenizer and the LibriSpeech transcripts the bench corpus draws its words from (same order as here)
 cp "$(python3 -c 'from corpus_aligner.testing.tiny_checkpoint import qwen_tokenizer_files as q; print(q())')"/{vocab.json,merges.txt} \
   .devdata/dev/tokenizer/
@@ -36,6 +38,7 @@ Three calls in a row (the machine stays warm ~30 s after each):
     S=/root/stash; cat $S/part_aa .mlxcuda-b/part_ab > $S/$(cat .mlxcuda-b/WHEEL_NAME) && rm $S/part_aa &&
     python3 -m pip install -q --no-index --no-deps --no-compile --target /root/site $S/*.whl &&
     export PYTHONPATH=/root/site:$PWD PYTHONUNBUFFERED=1 &&
+    python3 -m pytest -q -p no:cacheprovider -p no:timeout tests/test_cuda_kernels.py &&
     python3 scripts/bench_align.py --device gpu --utterances 1000 --scale 4 --pipeline --official-batch 32,64 \
       --tokenizer-files $S/dev/tokenizer --text-root $S/dev/text --json $OUT/bench.json 2>&1 | tee $OUT/bench.log
 TXT
