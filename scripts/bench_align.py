@@ -149,7 +149,7 @@ def run_all(args: argparse.Namespace, sides: dict[str, Side], corpus: Any) -> di
     """Every figure; a step that fails is recorded as {"error": ...} and the others still run."""
     out: dict[str, Any] = {"ours_info": sides["ours"].ready}
     n = args.utterances
-    if args.model_only:  # a first pass builds the kernels of each new batch shape; the second is the figure
+    if args.model_only:  # a first pass builds the kernels of each new batch shape; the warm passes are the figure
         cmd = {"cmd": "model", "blocks": 1, "first": 0, "stop": n}
         cold = attempt("ours model-only, first pass", sides["ours"], cmd)
         res = attempt("ours model-only", sides["ours"], {**cmd, "repeats": MODEL_REPEATS[args.device]})
