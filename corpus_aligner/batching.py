@@ -43,7 +43,7 @@ def pack_batches(
     if n == 0:
         return []
     order = sorted(range(n), key=lambda i: (-lengths[i], i))
-    sorted_len = _round_up(np.array([float(lengths[i]) for i in order]), width_multiple)
+    sorted_len = round_up(np.array([float(lengths[i]) for i in order]), width_multiple)
     extra = budget * OVERHEAD_SHARE if overhead is None else float(overhead)
     cap = n if max_items is None else max_items
     best = np.zeros(n + 1)  # best[i]: cheapest packing of the first i sorted items
@@ -51,7 +51,7 @@ def pack_batches(
     for i in range(1, n + 1):
         j = np.arange(max(0, i - cap), i)  # candidate starts of the batch ending at item i - 1
         size = i - j
-        cost = _round_up(size, rows_multiple) * sorted_len[j]  # the first item of a run is its longest
+        cost = round_up(size, rows_multiple) * sorted_len[j]  # the first item of a run is its longest
         ok = (cost <= budget) | (size == 1)
         total = np.where(ok, best[j] + cost + extra, np.inf)
         pick = int(np.argmin(total))  # ties: the earliest start, i.e. the larger batch
@@ -70,13 +70,14 @@ def padding_fraction(
     """Share of computed positions that are padding: 1 - sum(lengths) / sum(n * longest), with n and the
     longest length rounded up to the multiples the model pads its batches to."""
     computed = sum(
-        _round_up(len(b), rows_multiple) * _round_up(max(lengths[i] for i in b), width_multiple) for b in batches if b
+        round_up(len(b), rows_multiple) * round_up(max(lengths[i] for i in b), width_multiple) for b in batches if b
     )
     if computed == 0:
         return 0.0
     return 1.0 - sum(float(lengths[i]) for b in batches for i in b) / computed
 
 
-def _round_up(x: Any, multiple: int) -> Any:
-    """`x` (a number or an array) rounded up to a multiple of `multiple`."""
+def round_up(x: Any, multiple: int) -> Any:
+    """`x` (a number or an array) rounded up to a multiple of `multiple`: how `prompt.pad_prompts` pads a
+    batch, and so how the packer costs it."""
     return -(-x // multiple) * multiple

@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
 
+from corpus_aligner.batching import round_up
+
 # The Qwen2 split regex (transformers `Qwen2Converter`), the default (decision D2 in model.md §10).
 QWEN2_SPLIT = (
     r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
@@ -125,9 +127,9 @@ def pad_prompts(
     The width and the number of rows are rounded up to the given multiples (extra rows are all padding,
     no audio, slot 0), so that batches share shapes on a GPU.
     """
-    width = -(-max(len(p.input_ids) for p in prompts) // width_multiple) * width_multiple
+    width = round_up(max(len(p.input_ids) for p in prompts), width_multiple)
     k = max(max(len(p.slots) for p in prompts), 1)
-    rows = -(-len(prompts) // rows_multiple) * rows_multiple
+    rows = round_up(len(prompts), rows_multiple)
     input_ids = np.full((rows, width), pad_id, dtype=np.int32)
     audio_src = np.full((rows, width), -1, dtype=np.int32)
     slots = np.zeros((rows, k), dtype=np.int32)
