@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import subprocess
 import tempfile
 from collections.abc import Callable, Sequence
@@ -16,7 +18,9 @@ import corpus_aligner  # noqa: F401  (loads OpenBLAS before any test module impo
 # invariance); tests/test_bf16_matmul.py asks for the bf16 path explicitly. Inherited by CLI subprocesses.
 os.environ["CORPUS_ALIGNER_CPU_MATMUL"] = "float32"
 # checkpoint fingerprints are remembered here, not in the user's ~/.cache
+# (one folder per test process, removed when that process exits)
 os.environ["CORPUS_ALIGNER_CACHE"] = tempfile.mkdtemp(prefix="corpus-aligner-cache-")
+atexit.register(shutil.rmtree, os.environ["CORPUS_ALIGNER_CACHE"], ignore_errors=True)
 
 PRAAT_SCRIPT = Path(__file__).parent / "praat" / "check_textgrids.praat"
 
