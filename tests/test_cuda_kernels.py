@@ -43,7 +43,7 @@ def test_qkv_norm_rope_matches_mlx_ops(dtype: mx.Dtype, shape: tuple[int, int]) 
     fused = decoder.stacked(attn, QKV)
     assert fused is not None
     got = cuda_kernels.qkv_norm_rope(
-        x @ fused.weight.T,
+        x @ fused.T,
         attn.q_norm.weight,
         attn.k_norm.weight,
         attn.n_heads,

@@ -20,6 +20,7 @@ import mlx.nn as nn
 import numpy as np
 
 from corpus_aligner import cpu_blas
+from corpus_aligner.model import derived
 
 set_precision = cpu_blas.set_matmul_precision
 resolved_precision = cpu_blas.matmul_precision
@@ -33,10 +34,9 @@ def _bf16_bits(x: mx.array) -> tuple[mx.array, np.ndarray]:
 
 
 class Bf16Copy:
-    """A weight's bf16 copy, made once per weight array. A plain attribute of its module, not a parameter."""
+    """A weight's bf16 bits: the evaluated MLX array and its numpy view (`bf16_copy` caches one per module)."""
 
     def __init__(self, weight: mx.array):
-        self.weight = weight
         self.array, self.view = _bf16_bits(weight)
 
 
@@ -106,12 +106,9 @@ def applies(x: mx.array, weight: mx.array) -> bool:
 
 
 def bf16_copy(module: nn.Linear | nn.Conv2d) -> Bf16Copy:
-    """The module's weight in bf16, cached on the module until its weight array changes."""
+    """The module's weight in bf16, cached on the module until its weight array changes (`derived.cached`)."""
     weight: mx.array = module.weight
-    copy = getattr(module, "bf16_copy", None)
-    if copy is None or copy.weight is not weight:  # first call, or weights loaded again
-        copy = module.bf16_copy = Bf16Copy(weight)
-    return copy
+    return derived.cached(module, "bf16_copy", (weight,), lambda: Bf16Copy(weight))
 
 
 class Linear(nn.Linear):

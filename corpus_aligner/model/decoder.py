@@ -8,13 +8,12 @@ queries, attention output and MLP at those rows alone (its keys and values still
 
 from __future__ import annotations
 
-import threading
 from functools import partial
 
 import mlx.core as mx
 import mlx.nn as nn
 
-from corpus_aligner.model import bf16_matmul, cpu_attention, cuda_kernels, fastmath
+from corpus_aligner.model import bf16_matmul, cpu_attention, cuda_kernels, derived, fastmath
 from corpus_aligner.model.args import DecoderArgs
 
 # Whether an NVIDIA GPU takes q, k and v from one product and one fused norm + RoPE kernel
@@ -54,7 +53,7 @@ class Attention(nn.Module):
         qkv = stacked(self, ("q_proj", "k_proj", "v_proj")) if FUSED_QKV and cuda_kernels.available() else None
         if qkv is not None:
             q, k, v = cuda_kernels.qkv_norm_rope(
-                x @ qkv.weight.T,
+                x @ qkv.T,
                 self.q_norm.weight,
                 self.k_norm.weight,
                 self.n_heads,
@@ -84,33 +83,20 @@ class Attention(nn.Module):
         return self.o_proj(o.transpose(0, 2, 1, 3).reshape(B, K, -1))
 
 
-class Stacked:
-    """Weights of several projections of one input stacked along the output axis, for one product; a plain
-    attribute of the module, not a parameter, rebuilt if any of the weight arrays changes."""
-
-    def __init__(self, parts: tuple[mx.array, ...]):
-        self.parts = parts
-        self.weight = mx.concatenate(list(parts), axis=0)
-        mx.eval(self.weight)  # built once, then read by every thread's stream
-
-
-_stack_lock = threading.Lock()
-
-
-def stacked(module: nn.Module, names: tuple[str, ...]) -> Stacked | None:
-    """`module`'s projections `names` stacked in that order, or None where they are quantized (their weights
-    are packed codes) or biased."""
+def stacked(module: nn.Module, names: tuple[str, ...]) -> mx.array | None:
+    """`module`'s projection weights `names` stacked along the output axis in that order, for one product
+    (cached, `derived.cached`); None where they are quantized (their weights are packed codes) or biased."""
     layers = [module[name] for name in names]
     parts = tuple(layer.weight for layer in layers)
     if any("bias" in layer for layer in layers) or not all(mx.issubdtype(w.dtype, mx.floating) for w in parts):
         return None
-    key = "stacked_" + "_".join(names)
-    with _stack_lock:
-        found = getattr(module, key, None)
-        if found is None or any(a is not b for a, b in zip(found.parts, parts)):
-            found = Stacked(parts)
-            setattr(module, key, found)
-    return found
+
+    def build() -> mx.array:
+        weight = mx.concatenate(list(parts), axis=0)
+        mx.eval(weight)  # built once, then read by every thread's stream
+        return weight
+
+    return derived.cached(module, "stacked_" + "_".join(names), parts, build)
 
 
 def causal_attention(q: mx.array, k: mx.array, v: mx.array, scale: float) -> mx.array:
