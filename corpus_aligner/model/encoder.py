@@ -191,6 +191,19 @@ def _conv1_gelu(taps: list[mx.array], weights: list[mx.array], bias: mx.array, k
     return (nn.gelu(acc) * keep).astype(taps[0].dtype)
 
 
+def gelu_masked(x: mx.array, keep: mx.array | None) -> mx.array:
+    """GELU(x) * keep (None: no mask); on the GPU one compiled kernel, one pass over x."""
+    if fastmath.use_fast_math():
+        y = fastmath.gelu(x)
+        return y if keep is None else y * keep
+    return _gelu_keep(x, mx.array(1.0, x.dtype) if keep is None else keep)
+
+
+@partial(mx.compile, shapeless=True)
+def _gelu_keep(x: mx.array, keep: mx.array) -> mx.array:
+    return nn.gelu(x) * keep
+
+
 def gelu(x: mx.array) -> mx.array:
     """Exact GELU: the cheap-op kernel on the CPU, MLX's own elsewhere."""
     return fastmath.gelu(x) if fastmath.use_fast_math() else nn.gelu(x)
@@ -248,9 +261,7 @@ class AudioEncoder(nn.Module):
                 x = bf16_matmul.conv3x3_s2(x, bf16_matmul.bf16_copy(conv), conv.bias)
             else:
                 x = conv(x)
-            x = gelu(x)
-            if keep is not None:
-                x = x * keep
+            x = gelu_masked(x, keep)
         n, f, t, c = x.shape
         x = x.transpose(0, 2, 3, 1).reshape(n, t, c * f)  # feature index = channel * F + freq
         x = self.conv_out(x)
