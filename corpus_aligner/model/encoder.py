@@ -28,10 +28,6 @@ from corpus_aligner.model.plan import (  # noqa: F401  (re-exported: the plan is
 )
 
 FP16_CLAMP = 65504.0 - 1000.0
-# Whether a GPU runs the first conv (one input channel) as one fused element-wise kernel (`conv1_gelu`: nine
-# taps times the weights, bias, GELU and the length mask) instead of an im2col product with K = 9 followed by
-# separate GELU and mask passes over its 1.5 M values per chunk. False keeps the latter (the A/B baseline).
-FUSED_CONV1 = True
 
 
 @lru_cache(maxsize=8)
@@ -150,45 +146,18 @@ class _Compiled:
             return self.rest(x, attention(q, k, v, self.layer.self_attn.scale, bias))
 
 
-def taps3x3_s2(x: mx.array) -> list[mx.array]:
-    """The nine taps of a 3x3 kernel, stride 2, padding 1 over x (N, H, W, C): (N, Ho, Wo, C) views each,
-    in (i, j) order."""
-    _, h, w, _ = x.shape
-    ho, wo = (h - 1) // 2 + 1, (w - 1) // 2 + 1
-    xp = mx.pad(x, [(0, 0), (1, 1), (1, 1), (0, 0)])
-    return [xp[:, i : i + 2 * ho - 1 : 2, j : j + 2 * wo - 1 : 2, :] for i in range(3) for j in range(3)]
-
-
 def conv3x3_s2(conv: nn.Conv2d, x: mx.array) -> mx.array:
     """`conv(x)` for its 3x3 kernel, stride 2, padding 1, as one explicit im2col matrix product (NHWC).
 
     Used on the GPU for the first conv (one input channel), where it beat MLX's CUDA convolution.
     """
-    n, _, _, c = x.shape
-    taps = taps3x3_s2(x)
-    ho, wo = taps[0].shape[1:3]
+    n, h, w, c = x.shape
+    ho, wo = (h - 1) // 2 + 1, (w - 1) // 2 + 1
+    xp = mx.pad(x, [(0, 0), (1, 1), (1, 1), (0, 0)])
+    taps = [xp[:, i : i + 2 * ho - 1 : 2, j : j + 2 * wo - 1 : 2, :] for i in range(3) for j in range(3)]
     cols = mx.concatenate(taps, axis=-1).reshape(n * ho * wo, 9 * c)  # (positions, kH*kW*C), (i, j, c) order
     weight = conv.weight.reshape(conv.weight.shape[0], -1)  # (O, kH*kW*C): MLX keeps [O, kH, kW, I]
     return mx.addmm(conv.bias, cols, weight.T).reshape(n, ho, wo, -1)
-
-
-def conv1_gelu(conv: nn.Conv2d, x: mx.array, keep: mx.array | None) -> mx.array:
-    """GELU(`conv(x)`) * keep for the first conv (3x3, stride 2, padding 1, one input channel; NHWC), as one
-    compiled element-wise kernel: the output is written once, and the nine products are summed in float32.
-    keep: (N, 1, Wo, 1) 0/1 length mask, or None."""
-    taps = taps3x3_s2(x)
-    weight = conv.weight.reshape(conv.weight.shape[0], 9).T  # (9, O) in (i, j) order: MLX keeps [O, kH, kW, I]
-    ones = mx.array(1.0, x.dtype)
-    # each tap's weights as their own input: a slice inside a shapeless trace would keep the traced width
-    return _conv1_gelu(taps, [weight[k] for k in range(9)], conv.bias, ones if keep is None else keep)
-
-
-@partial(mx.compile, shapeless=True)
-def _conv1_gelu(taps: list[mx.array], weights: list[mx.array], bias: mx.array, keep: mx.array) -> mx.array:
-    acc = bias.astype(mx.float32)
-    for tap, weight in zip(taps, weights):
-        acc = acc + tap.astype(mx.float32) * weight.astype(mx.float32)
-    return (nn.gelu(acc) * keep).astype(taps[0].dtype)
 
 
 def gelu_masked(x: mx.array, keep: mx.array | None) -> mx.array:
@@ -249,12 +218,10 @@ class AudioEncoder(nn.Module):
                 valid = np.arange((x.shape[2] - 1) // 2 + 1)[None, :] < lengths[:, None]  # (N, W out)
                 keep = mx.array(valid[:, None, :, None].astype(np.float32)).astype(x.dtype)  # type: ignore[arg-type]
             # One input channel: as a product with K = 9 the first conv ran 1.5x faster on an H100 than
-            # MLX's CUDA convolution, and fused with its GELU and mask faster still (`conv1_gelu`); the
-            # 480-channel ones are faster as convolutions (cuDNN).
+            # MLX's CUDA convolution (and 4x faster on an H200 than the nine taps as one compiled element-wise
+            # kernel, whose float32 sum MLX split into several kernels); the 480-channel ones are faster as
+            # convolutions (cuDNN).
             one_channel = conv.weight.shape[-1] == 1 and not fastmath.use_fast_math()
-            if one_channel and FUSED_CONV1:
-                x = conv1_gelu(conv, x, keep)
-                continue
             if one_channel:
                 x = conv3x3_s2(conv, x)
             elif conv.weight.shape[-1] > 1 and bf16_matmul.applies(x, conv.weight):
