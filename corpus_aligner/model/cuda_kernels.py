@@ -68,18 +68,81 @@ _QKV_NORM_ROPE = """
 """
 
 
+# The same arithmetic with 16-byte loads and stores: HD / 8 threads per (token, head), eight neighbouring
+# elements each. The rotate-half partner of a thread's elements sits in the thread HD / 16 lanes away, and
+# the sum of squares is a shuffle reduction over the head's threads. Every thread runs the same shuffles (v's
+# heads too, which then skip the norm and rotation), so a warp holding heads of both kinds stays converged.
+_QKV_NORM_ROPE_VEC = """
+    constexpr int NH = H + 2 * KV;
+    constexpr int TPH = HD / 8;
+    constexpr int HALFT = TPH / 2;
+    auto tid = cooperative_groups::this_grid().thread_rank();
+    int t = tid % TPH;
+    long long unit = tid / TPH;
+    long long token = unit / NH;
+    int head = unit % NH;
+    int seq = dims[0];
+    if (token >= dims[1]) return;
+    long long b = token / seq;
+    int s = token % seq;
+    alignas(16) T in[8];
+    *reinterpret_cast<uint4*>(in) = *reinterpret_cast<const uint4*>(qkv + token * (NH * HD) + head * HD + 8 * t);
+    float x[8];
+    float ss = 0.0f;
+    #pragma unroll
+    for (int j = 0; j < 8; ++j) {
+        x[j] = static_cast<float>(in[j]);
+        ss += x[j] * x[j];
+    }
+    #pragma unroll
+    for (int o = TPH / 2; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffff, ss, o);
+    bool normed = head < H + KV;
+    if (normed) {
+        float r = rsqrtf(ss / HD + eps[0]);
+        const T* w = head < H ? q_weight : k_weight;
+        #pragma unroll
+        for (int j = 0; j < 8; ++j) {
+            x[j] = static_cast<float>(static_cast<T>(x[j] * r * static_cast<float>(w[8 * t + j])));
+        }
+    }
+    float p[8];
+    #pragma unroll
+    for (int j = 0; j < 8; ++j) p[j] = __shfl_xor_sync(0xffffffff, x[j], HALFT);
+    if (normed) {
+        bool first = t < HALFT;
+        #pragma unroll
+        for (int j = 0; j < 8; ++j) {
+            float sn, cs;
+            sincosf(s * inv_freq[8 * (t % HALFT) + j], &sn, &cs);
+            x[j] = first ? x[j] * cs - p[j] * sn : x[j] * cs + p[j] * sn;
+        }
+    }
+    T* dst;
+    if (head < H) dst = q + ((b * H + head) * seq + s) * HD;
+    else if (head < H + KV) dst = k + ((b * KV + head - H) * seq + s) * HD;
+    else dst = v + ((b * KV + head - H - KV) * seq + s) * HD;
+    alignas(16) T out[8];
+    #pragma unroll
+    for (int j = 0; j < 8; ++j) out[j] = static_cast<T>(x[j]);
+    *reinterpret_cast<uint4*>(dst + 8 * t) = *reinterpret_cast<const uint4*>(out);
+"""
+
+# Which of the two kernels `qkv_norm_rope` runs: the 16-byte one (True) or a warp per (token, head) (False).
+VECTOR_LOADS = True
+
+
 def available() -> bool:
     """The kernels run where MLX computes on an NVIDIA GPU."""
     return mx.default_device() == mx.gpu and mx.cuda.is_available()
 
 
 @cache
-def _qkv_kernel() -> Any:
+def _qkv_kernel(vector: bool) -> Any:
     return mx.fast.cuda_kernel(
-        name="qkv_norm_rope",
+        name="qkv_norm_rope_vec" if vector else "qkv_norm_rope",
         input_names=["qkv", "q_weight", "k_weight", "inv_freq", "eps", "dims"],
         output_names=["q", "k", "v"],
-        source=_QKV_NORM_ROPE,
+        source=_QKV_NORM_ROPE_VEC if vector else _QKV_NORM_ROPE,
     )
 
 
@@ -97,17 +160,19 @@ def qkv_norm_rope(
     kv_heads: int,
     base: float,
     eps: float,
+    vector: bool | None = None,
 ) -> tuple[mx.array, mx.array, mx.array]:
     """qkv (B, S, (heads + 2 kv_heads) * hd), q's heads then k's then v's -> q (B, heads, S, hd) and k, v
     (B, kv_heads, S, hd): q and k RMS-normed per head with their weights (hd,) and rotated (RoPE at position
-    = index in the row), v as it is."""
+    = index in the row), v as it is. vector: which kernel (None: `VECTOR_LOADS`)."""
     B, S, width = qkv.shape
     hd = width // (heads + 2 * kv_heads)
     if hd % 64 or hd * (heads + 2 * kv_heads) != width:
         raise ValueError(f"head dim {hd} of a {width}-wide q/k/v: the kernel needs a multiple of 64")
     tokens = B * S
+    vector = VECTOR_LOADS if vector is None else vector
     return tuple(  # type: ignore[return-value]
-        _qkv_kernel()(
+        _qkv_kernel(vector)(
             inputs=[
                 qkv,
                 q_weight,
@@ -117,7 +182,7 @@ def qkv_norm_rope(
                 mx.array([S, tokens], mx.int32),
             ],
             template=[("T", qkv.dtype), ("H", heads), ("KV", kv_heads), ("HD", hd)],
-            grid=(tokens * (heads + 2 * kv_heads) * 32, 1, 1),
+            grid=(tokens * (heads + 2 * kv_heads) * (hd // 8 if vector else 32), 1, 1),
             threadgroup=(256, 1, 1),
             output_shapes=[(B, heads, S, hd), (B, kv_heads, S, hd), (B, kv_heads, S, hd)],
             output_dtypes=[qkv.dtype] * 3,
