@@ -112,15 +112,17 @@ def decode_words(
         )
     ms = classes.astype(np.float32) * np.float32(segment_ms)
     fixed = fix_timestamp(ms.tolist())
+    # plain Python numbers once (numpy scalar indexing per field was most of this function's time)
+    ticks, p = classes.astype(np.int64).tolist(), probs.astype(np.float64).tolist()
     return [
         AlignedWord(
             text=word,
             start_s=round(fixed[2 * i] / 1000.0, 3),
             end_s=round(fixed[2 * i + 1] / 1000.0, 3),
-            start_prob=float(probs[2 * i]),
-            end_prob=float(probs[2 * i + 1]),
-            start_tick_raw=int(classes[2 * i]),
-            end_tick_raw=int(classes[2 * i + 1]),
+            start_prob=p[2 * i],
+            end_prob=p[2 * i + 1],
+            start_tick_raw=ticks[2 * i],
+            end_tick_raw=ticks[2 * i + 1],
         )
         for i, word in enumerate(words)
     ]
