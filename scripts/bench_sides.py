@@ -112,7 +112,7 @@ class Ours:
             cpu_matmul=args.cpu_matmul,
         )
         self.load_s = time.perf_counter() - t
-        if args.gpu_memory:  # instead of the Aligner's own limit (api.GPU_MEMORY_LIMIT), higher or lower
+        if args.gpu_memory:  # instead of the Aligner's own limit (api.gpu_memory_target), higher or lower
             total = mx.device_info()["total_memory"]
             self.aligner.memory_limit = int(total * args.gpu_memory)  # type: ignore[operator]
             mx.set_memory_limit(self.aligner.memory_limit)

@@ -179,8 +179,8 @@ def test_float16_features_change_nothing_for_a_float16_encoder(ckpt, tmp_path):
 
 
 def test_gpu_memory_limit_is_lowered_never_raised(monkeypatch: pytest.MonkeyPatch) -> None:
-    """On a GPU the Aligner caps MLX's memory limit at half the device (two lanes overshot the default 80 %
-    and ran out); a lower limit set before is kept, and the CPU (no device memory reported) is left alone."""
+    """On a GPU the Aligner caps MLX's memory limit below the device (two lanes overshot the default 80 % of an
+    H100 and ran out); a lower limit set before is kept, and the CPU (no device memory reported) is left alone."""
     import mlx.core as mx
 
     from corpus_aligner.api import limit_gpu_memory
@@ -189,7 +189,7 @@ def test_gpu_memory_limit_is_lowered_never_raised(monkeypatch: pytest.MonkeyPatc
     previous = mx.set_memory_limit(64 * gib)
     try:
         monkeypatch.setattr(mx, "device_info", lambda: {"device_name": "H100", "total_memory": 80 * gib})
-        assert limit_gpu_memory(0.5) == 40 * gib
+        assert limit_gpu_memory() == 40 * gib  # the headroom: half an H100
         assert mx.set_memory_limit(10 * gib) == 40 * gib
         assert limit_gpu_memory(0.5) == 10 * gib
         assert mx.set_memory_limit(10 * gib) == 10 * gib
@@ -198,3 +198,13 @@ def test_gpu_memory_limit_is_lowered_never_raised(monkeypatch: pytest.MonkeyPatc
         assert mx.set_memory_limit(10 * gib) == 10 * gib
     finally:
         mx.set_memory_limit(previous)
+
+
+def test_gpu_memory_target_keeps_the_headroom_within_bounds() -> None:
+    from corpus_aligner.api import gpu_memory_target
+
+    gib = 1 << 30
+    assert gpu_memory_target(80 * gib) == 40 * gib  # H100: half
+    assert gpu_memory_target(141 * gib) == 101 * gib  # H200: all but 40 GiB
+    assert gpu_memory_target(400 * gib) == 320 * gib  # at most MLX's own 80 %
+    assert gpu_memory_target(24 * gib) == 12 * gib  # at least half
