@@ -50,7 +50,8 @@ class Attention(nn.Module):
 
     def __call__(self, x: mx.array) -> mx.array:
         B, S, _ = x.shape
-        qkv = stacked(self, ("q_proj", "k_proj", "v_proj")) if FUSED_QKV and cuda_kernels.available() else None
+        fused = FUSED_QKV and cuda_kernels.available(self.head_dim)
+        qkv = stacked(self, ("q_proj", "k_proj", "v_proj")) if fused else None
         if qkv is not None:
             q, k, v = cuda_kernels.qkv_norm_rope(
                 x @ qkv.T,
