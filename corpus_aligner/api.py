@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import mlx.core as mx
 import numpy as np
@@ -27,16 +28,17 @@ from corpus_aligner.errors import AlignerError, AudioError, TooLongError
 from corpus_aligner.frontend import log_mel
 from corpus_aligner.mlx_threads import worker_threads
 from corpus_aligner.model import ForcedAligner, bf16_matmul
-from corpus_aligner.model.encoder import audio_token_count, plan_batch
+from corpus_aligner.model.encoder import EncoderPlan, audio_token_count, plan_batch
 from corpus_aligner.normalize import split_words
 from corpus_aligner.prefetch import ordered_map
-from corpus_aligner.prompt import PromptBuilder, SpecialIds, load_tokenizer, pad_prompts
+from corpus_aligner.prompt import Prompt, PromptBuilder, SpecialIds, load_tokenizer, pad_prompts
 from corpus_aligner.records import AlignedWord
 
 log = logging.getLogger(__name__)
 
 AudioInput = str | Path | tuple[np.ndarray, int]
 Batch = tuple[Sequence[np.ndarray], Sequence[Sequence[str]]]
+T = TypeVar("T")
 # CPU: 4096 as the main job (conf/batch/cpu.yaml); two workers need several batches to share (32 utterances:
 # 10.7 audio-s/s at 4096, 10.3 at 8192, 10.1 at 2048).
 DEFAULT_BATCH_POSITIONS = {"cpu": 4096, "gpu": 131072}
@@ -57,6 +59,26 @@ class Shapes:
     positions: int = 1
     rows: int = 1
     conv_piece: int = 0
+
+
+@dataclass(frozen=True)
+class ModelInputs:
+    """What one pass of the model takes, on the host (numpy)."""
+
+    plan: EncoderPlan
+    prompts: list[Prompt]
+    input_ids: np.ndarray  # (rows, S) right-padded
+    audio_src: np.ndarray  # (rows, S) encoder-output row of each <|audio_pad|>, -1 elsewhere
+    slots: np.ndarray  # (rows, K) position of each <timestamp>
+
+
+@dataclass(frozen=True)
+class BatchInputs:
+    """One batch as `Aligner.prepare_batch` leaves it: its words and the model's inputs (None when no utterance
+    has a word: there is no timestamp slot to read, so no pass)."""
+
+    words: list[list[str]]
+    model: ModelInputs | None
 
 
 DEFAULT_SHAPES = {
@@ -211,10 +233,14 @@ class Aligner:
         features: log-mel (n_frames, 128) per utterance (`frontend.log_mel`); words: the cleaned words
         (`normalize.split_words`). Returns the aligned words of each utterance, in order.
         """
+        inputs = self.prepare_batch(features, words)
+        return self.decode_batch(inputs, self.run_batch(inputs))
+
+    def prepare_batch(self, features: Sequence[np.ndarray], words: Sequence[Sequence[str]]) -> BatchInputs:
+        """The host side of a pass (checks, encoder plan, prompts, padded ids): numpy only, so `align_batches`
+        builds it in a thread of its own ahead of the batch threads. Raises AudioError / TooLongError."""
         if len(features) != len(words):
             raise ValueError(f"{len(features)} feature arrays but {len(words)} word lists")
-        if not features:
-            return []
         for feat in features:
             if feat.shape[0] < 1:
                 raise AudioError("audio shorter than one mel frame (10 ms): nothing to align")
@@ -222,29 +248,40 @@ class Aligner:
                 raise TooLongError(
                     f"audio of {feat.shape[0] / 100:.1f} s is longer than the model's {self.max_duration_s:.0f} s"
                 )
+        words = [list(w) for w in words]
+        if not any(words):
+            return BatchInputs(words, None)
         sh = self.shapes
         plan = plan_batch(
             list(features), self.args.encoder, self.encoder_attention, sh.chunks, sh.windows, sh.conv_piece
         )
         prompts = [self.prompts.build(n, w) for n, w in zip(plan.tokens_per_clip, words)]
-        if all(len(p.slots) == 0 for p in prompts):
-            return [[] for _ in prompts]
-        input_ids, audio_src, slots = pad_prompts(prompts, self.args.audio_end_token_id, sh.positions, sh.rows)
-        logits = self.model(mx.array(input_ids), mx.array(audio_src), mx.array(slots), plan)
+        padded = pad_prompts(prompts, self.args.audio_end_token_id, sh.positions, sh.rows)
+        return BatchInputs(words, ModelInputs(plan, prompts, *padded))
+
+    def run_batch(self, inputs: BatchInputs) -> tuple[np.ndarray, np.ndarray]:
+        """The model's pass: the argmax class and its probability at every timestamp slot, (rows, K) each
+        (both empty for a batch without words). All of it is MLX: graph building and evaluation."""
+        m = inputs.model
+        if m is None:
+            return np.zeros((0, 0), np.int64), np.zeros((0, 0), np.float32)
+        logits = self.model(mx.array(m.input_ids), mx.array(m.audio_src), mx.array(m.slots), m.plan)
         logits = logits.astype(mx.float32)
         classes = mx.argmax(logits, axis=-1)
         top = mx.max(logits, axis=-1, keepdims=True)
         probs = 1.0 / mx.sum(mx.exp(logits - top), axis=-1)
         mx.eval(classes, probs)
-        classes_np, probs_np = np.array(classes), np.array(probs)
+        return np.array(classes), np.array(probs)
+
+    def decode_batch(self, inputs: BatchInputs, outputs: tuple[np.ndarray, np.ndarray]) -> list[list[AlignedWord]]:
+        """`run_batch`'s classes and probabilities -> the aligned words of each utterance (`decode_words`)."""
+        if inputs.model is None:
+            return [[] for _ in inputs.words]
+        classes, probs = outputs
+        ms = self.args.timestamp_segment_time_ms
         return [
-            decode_words(
-                w,
-                classes_np[b, : len(p.slots)],
-                probs_np[b, : len(p.slots)],
-                self.args.timestamp_segment_time_ms,
-            )
-            for b, (w, p) in enumerate(zip(words, prompts))
+            decode_words(w, classes[b, : len(p.slots)], probs[b, : len(p.slots)], ms)
+            for b, (w, p) in enumerate(zip(inputs.words, inputs.model.prompts))
         ]
 
     def align(
@@ -282,24 +319,46 @@ class Aligner:
         """`align_features` over (features, words) batches, `self.workers` at a time, results in order.
 
         Each worker thread evaluates on its own MLX stream (`mlx_threads`), so batches overlap: on a GPU
-        one batch's host work hides behind another's kernels (the CPU default is one worker). At most
-        `workers + 1` batches are taken from `batches` ahead of the one being returned, so memory stays
-        bounded. A batch that fails with one of our errors yields that error (the caller may retry its
-        utterances one by one); other exceptions propagate.
+        one batch's host work hides behind another's kernels (the CPU default is one worker). With several
+        workers the three parts of a pass run in three places: `prepare_batch` (numpy) in a thread of its
+        own ahead of them, `run_batch` in the workers, `decode_batch` here in the caller's thread; a worker
+        then goes from one evaluation to the next with only the graph to build, while the GPU still has the
+        other worker's kernels queued. At most `2 * workers + 1` batches are taken from `batches` ahead of
+        the one being returned, so memory stays bounded. A batch that fails with one of our errors yields
+        that error (the caller may retry its utterances one by one); other exceptions propagate.
         """
         if self.workers == 1:
             yield from (self._align_or_error(f, w) for f, w in batches)
             return
-        pool = worker_threads(self.workers)
-        yield from ordered_map(lambda batch: pool.submit(self._align_or_error, *batch), batches, self.workers)
+        lanes = worker_threads(self.workers)
+        with ThreadPoolExecutor(1, thread_name_prefix="batch-inputs") as host:  # numpy only: no MLX state
+            prepared = ordered_map(
+                lambda batch: host.submit(_or_error, self.prepare_batch, *batch), batches, self.workers + 1
+            )
+            passes = ordered_map(lambda inputs: lanes.submit(self._run_or_error, inputs), prepared, self.workers)
+            for done in passes:
+                yield done if isinstance(done, AlignerError) else self.decode_batch(*done)
+
+    def _run_or_error(
+        self, inputs: BatchInputs | AlignerError
+    ) -> tuple[BatchInputs, tuple[np.ndarray, np.ndarray]] | AlignerError:
+        if isinstance(inputs, AlignerError):
+            return inputs
+        outputs = _or_error(self.run_batch, inputs)
+        return outputs if isinstance(outputs, AlignerError) else (inputs, outputs)
 
     def _align_or_error(
         self, features: Sequence[np.ndarray], words: Sequence[Sequence[str]]
     ) -> list[list[AlignedWord]] | AlignerError:
-        try:
-            return self.align_features(features, words)
-        except AlignerError as exc:
-            return exc
+        return _or_error(self.align_features, features, words)
+
+
+def _or_error(fn: Callable[..., T], *args: Any) -> T | AlignerError:
+    """fn(*args), or the AlignerError it raised (returned, so that one batch fails alone)."""
+    try:
+        return fn(*args)
+    except AlignerError as exc:
+        return exc
 
 
 def _is_single_audio(audio: Any) -> bool:

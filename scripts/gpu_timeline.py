@@ -6,7 +6,8 @@ torch's (cuBLAS) on the decoder's and encoder's shapes. For the device machine, 
 
 ROOT is a bench corpus made by scripts/bench_align.py; prints the GPU's busy share, its gaps, the kernels by
 total time and the per-batch host phases; OUTDIR/trace.json opens in chrome://tracing or Perfetto.
-TL_DEVICE=cpu runs the host side alone (no kernels recorded), TW=N sets the batch threads.
+TL_DEVICE=cpu runs the host side alone (no kernels recorded), TW=N sets the batch threads, TL_NOPROF=1 times the
+host phases of an ordinary warm pass (no profiler, whose per-launch callbacks slow the host down) and stops there.
 """
 
 from __future__ import annotations
@@ -53,10 +54,11 @@ def main() -> None:
 
         return g
 
-    for n in ("plan_batch", "pad_prompts", "decode_words"):
+    for n in ("plan_batch", "pad_prompts"):
         setattr(api, n, record(n, getattr(api, n)))
     ForcedAligner.__call__ = record("graph", ForcedAligner.__call__)
-    api.Aligner.align_features = record("align_features", api.Aligner.align_features)
+    for n in ("prepare_batch", "run_batch", "decode_batch"):
+        setattr(api.Aligner, n, record(n, getattr(api.Aligner, n)))
 
     class MxProxy:
         def __getattr__(self, name):
@@ -65,6 +67,14 @@ def main() -> None:
         eval = staticmethod(record("eval", mx.eval))
 
     api.mx = MxProxy()  # type: ignore[assignment]
+
+    if os.environ.get("TL_NOPROF"):
+        t0 = time.perf_counter()
+        r = ours.model({**cmd, "repeats": 1})
+        print(f"timed pass: {r['audio_s_per_s']:.0f} audio-s/s, wall {time.perf_counter() - t0:.3f} s", flush=True)
+        host_phases(events, t0)
+        ours.close()
+        return
 
     import torch
     from torch.profiler import ProfilerActivity, profile
@@ -78,24 +88,7 @@ def main() -> None:
     trace = outdir / "trace.json"
     prof.export_chrome_trace(str(trace))
 
-    # ----- host phases per thread
-    by = collections.defaultdict(lambda: collections.defaultdict(float))
-    cnt = collections.Counter()
-    for tid, name, a, b in events:
-        by[tid][name] += b - a
-        cnt[name] += 1
-    for tid, d in by.items():
-        print("thread", tid % 10000, {k: round(v, 3) for k, v in d.items()})
-    print("counts", dict(cnt))
-    # per batch: align_features span, its parts
-    af = sorted([e for e in events if e[1] == "align_features"], key=lambda e: e[2])
-    for tid, _, a, b in af:
-        inside = [e for e in events if e[0] == tid and a <= e[2] and e[3] <= b and e[1] != "align_features"]
-        parts = collections.defaultdict(float)
-        for e in inside:
-            parts[e[1]] += e[3] - e[2]
-        print(f"batch t={a - t0:6.3f}..{b - t0:6.3f} thr {tid % 10000}: total {b - a:.3f}",
-              {k: round(v, 3) for k, v in parts.items()})  # fmt: skip
+    host_phases(events, t0)
 
     # ----- GPU kernels
     data = json.loads(trace.read_text())
@@ -170,6 +163,27 @@ def main() -> None:
             if e.device_type.name == "CUDA":
                 print(f"  kernel {e.name[:120]} {e.device_time:.1f} us" if hasattr(e, "device_time") else e.name)
     ours.close()
+
+
+def host_phases(events: list[tuple[int, str, float, float]], t0: float) -> None:
+    """Seconds per phase and thread, then each batch's pass (`run_batch`) and the phases inside it."""
+    by = collections.defaultdict(lambda: collections.defaultdict(float))
+    cnt = collections.Counter()
+    names = {}
+    for tid, name, a, b in events:
+        by[tid][name] += b - a
+        cnt[name] += 1
+        names.setdefault(tid, len(names))
+    for tid, d in by.items():
+        print(f"thread {names[tid]}", {k: round(v, 3) for k, v in d.items()})
+    print("counts", dict(cnt))
+    for tid, _, a, b in sorted([e for e in events if e[1] == "run_batch"], key=lambda e: e[2]):
+        inside = [e for e in events if e[0] == tid and a <= e[2] and e[3] <= b and e[1] != "run_batch"]
+        parts = collections.defaultdict(float)
+        for e in inside:
+            parts[e[1]] += e[3] - e[2]
+        print(f"batch t={a - t0:6.3f}..{b - t0:6.3f} thread {names[tid]}: {b - a:.3f} s",
+              {k: round(v, 3) for k, v in parts.items()})  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from corpus_aligner import Aligner
 from corpus_aligner.api import DEFAULT_SHAPES, Shapes
 from corpus_aligner.audio import load_audio
 from corpus_aligner.decode import decode_words
+from corpus_aligner.errors import AudioError, TooLongError
 from corpus_aligner.frontend import log_mel
 from corpus_aligner.normalize import split_words
 from corpus_aligner.testing.tiny_checkpoint import tiny_checkpoint
@@ -158,6 +159,23 @@ def test_empty_word_list_aligns_to_nothing(aligner, tmp_path):
     """A transcript with nothing alignable gives an empty result, like the official code."""
     path = case_audio("en_1s", tmp_path)
     assert aligner.align(audio=str(path), text="... !!! —", language="English") == [[]]
+
+
+def test_align_batches_keeps_each_batch_error_in_its_place(ckpt, tmp_path):
+    """With batches in flight (inputs built in a thread of their own, passes in the workers, decoding in the
+    caller), a batch that cannot be aligned yields its error where it stands and the others their words."""
+    aligner = Aligner.from_pretrained(ckpt, workers=2)
+    names = sorted(CASES)[:3]
+    feats = [log_mel(load_audio(str(case_audio(n, tmp_path)))) for n in names]
+    words = [split_words(CASES[n][2], CASES[n][3]) for n in names]
+    too_long = np.zeros((round(aligner.max_duration_s * 100) + 1, feats[0].shape[1]), np.float32)
+    empty = np.zeros((0, feats[0].shape[1]), np.float32)
+    batches = [(feats[:2], words[:2]), ([too_long], words[:1]), (feats[2:], words[2:]), ([empty], words[:1])]
+    out = list(aligner.align_batches(batches))
+    assert isinstance(out[1], TooLongError) and isinstance(out[3], AudioError)
+    assert timing(out[0]) == timing(aligner.align_features(feats[:2], words[:2]))
+    assert timing(out[2]) == timing(aligner.align_features(feats[2:], words[2:]))
+    assert list(aligner.align_batches([([feats[0]], [[]])])) == [[[]]]  # no word: no pass, nothing to decode
 
 
 def test_float16_features_change_nothing_for_a_float16_encoder(ckpt, tmp_path):

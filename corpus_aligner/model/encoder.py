@@ -206,7 +206,9 @@ class AudioEncoder(nn.Module):
                 part = self.downsample(
                     chunks[i : i + piece], None if conv_lengths is None else conv_lengths[i : i + piece]
                 )
-                mx.eval(part)  # one piece at a time: MLX would otherwise run the pieces side by side (BFS)
+                # One piece at a time: in one evaluation MLX would run the pieces side by side (BFS). Scheduled,
+                # not waited for: the thread goes on building the layers while the device runs the convs.
+                mx.async_eval(part)
                 parts.append(part)
             return mx.concatenate(parts, axis=0)
         x = chunks.transpose(0, 2, 1)[..., None]  # (N, mel=H, time=W, 1): NHWC
