@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
+from itertools import pairwise
 
 import numpy as np
 
@@ -70,6 +71,8 @@ def fix_timestamp(values: Sequence[float]) -> list[int]:
     interpolated between its kept neighbours, or copies the only one it has.
     """
     values = [float(v) for v in values]
+    if all(a <= b for a, b in pairwise(values)):  # already monotone (a trained model's usual output)
+        return [int(v) for v in values]  # the subsequence is all of it: nothing to refill
     normal = _official_lis(values)
     left, right = _neighbours(values, normal)
     result = list(values)
