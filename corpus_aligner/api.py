@@ -331,13 +331,18 @@ class Aligner:
             yield from (self._align_or_error(f, w) for f, w in batches)
             return
         lanes = worker_threads(self.workers)
-        with ThreadPoolExecutor(1, thread_name_prefix="batch-inputs") as host:  # numpy only: no MLX state
-            prepared = ordered_map(
-                lambda batch: host.submit(_or_error, self.prepare_batch, *batch), batches, self.workers + 1
-            )
-            passes = ordered_map(lambda inputs: lanes.submit(self._run_or_error, inputs), prepared, self.workers)
+        host = ThreadPoolExecutor(1, thread_name_prefix="batch-inputs")  # numpy only: no MLX state
+        prepared = ordered_map(
+            lambda batch: host.submit(_or_error, self.prepare_batch, *batch), batches, self.workers + 1
+        )
+        passes = ordered_map(lambda inputs: lanes.submit(self._run_or_error, inputs), prepared, self.workers)
+        try:
             for done in passes:
                 yield done if isinstance(done, AlignerError) else self.decode_batch(*done)
+        finally:  # a caller that stops early: what has not started is cancelled
+            passes.close()
+            prepared.close()
+            host.shutdown(wait=False, cancel_futures=True)
 
     def _run_or_error(
         self, inputs: BatchInputs | AlignerError

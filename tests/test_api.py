@@ -178,6 +178,26 @@ def test_align_batches_keeps_each_batch_error_in_its_place(ckpt, tmp_path):
     assert list(aligner.align_batches([([feats[0]], [[]])])) == [[[]]]  # no word: no pass, nothing to decode
 
 
+def test_align_batches_reads_ahead_a_bounded_number_of_batches(ckpt, tmp_path):
+    """Batches are taken from the input lazily: when the first result comes, at most 2 * workers + 1 more have
+    been read, so memory stays bounded whatever the corpus size."""
+    aligner = Aligner.from_pretrained(ckpt, workers=2)
+    feats = [log_mel(load_audio(str(case_audio("en_1s", tmp_path))))]
+    words = [split_words(CASES["en_1s"][2], "English")]
+    taken = []
+
+    def batches():
+        for i in range(40):
+            taken.append(i)
+            yield feats, words
+
+    results = aligner.align_batches(batches())
+    first = next(results)
+    assert timing(first) == timing(aligner.align_features(feats, words))
+    assert 2 <= len(taken) <= 1 + 2 * aligner.workers + 1
+    results.close()  # cancels what has not started, without waiting for it
+
+
 def test_float16_features_change_nothing_for_a_float16_encoder(ckpt, tmp_path):
     """Loaders hand a float16 encoder its features in float16 (half the bytes): its first step rounds them
     the same way, so the logits are identical. A float32 encoder asks for float32."""
