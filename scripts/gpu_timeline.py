@@ -44,12 +44,14 @@ def main() -> None:
     from corpus_aligner.model.aligner import ForcedAligner
 
     events: list[tuple[int, str, float, float]] = []
+    cpu: dict[tuple[int, str], float] = collections.defaultdict(float)  # thread CPU seconds per (thread, phase)
 
     def record(name, fn):
         def g(*a, **k):
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.thread_time()
             out = fn(*a, **k)
             events.append((threading.get_ident(), name, t, time.perf_counter()))
+            cpu[threading.get_ident(), name] += time.thread_time() - c
             return out
 
         return g
@@ -72,7 +74,7 @@ def main() -> None:
         t0 = time.perf_counter()
         r = ours.model({**cmd, "repeats": 1})
         print(f"timed pass: {r['audio_s_per_s']:.0f} audio-s/s, wall {time.perf_counter() - t0:.3f} s", flush=True)
-        host_phases(events, t0)
+        host_phases(events, t0, cpu)
         ours.close()
         return
 
@@ -88,7 +90,7 @@ def main() -> None:
     trace = outdir / "trace.json"
     prof.export_chrome_trace(str(trace))
 
-    host_phases(events, t0)
+    host_phases(events, t0, cpu)
 
     # ----- GPU kernels
     data = json.loads(trace.read_text())
@@ -165,8 +167,9 @@ def main() -> None:
     ours.close()
 
 
-def host_phases(events: list[tuple[int, str, float, float]], t0: float) -> None:
-    """Seconds per phase and thread, then each batch's pass (`run_batch`) and the phases inside it."""
+def host_phases(events: list[tuple[int, str, float, float]], t0: float, cpu: dict[tuple[int, str], float]) -> None:
+    """Seconds per phase and thread (wall, and the thread's CPU time: wall well above CPU in a phase that holds
+    the GIL is time spent waiting for it), then each batch's pass (`run_batch`) and the phases inside it."""
     by = collections.defaultdict(lambda: collections.defaultdict(float))
     cnt = collections.Counter()
     names = {}
@@ -175,7 +178,7 @@ def host_phases(events: list[tuple[int, str, float, float]], t0: float) -> None:
         cnt[name] += 1
         names.setdefault(tid, len(names))
     for tid, d in by.items():
-        print(f"thread {names[tid]}", {k: round(v, 3) for k, v in d.items()})
+        print(f"thread {names[tid]}", {k: f"{v:.3f} s (CPU {cpu[tid, k]:.3f})" for k, v in d.items()})
     print("counts", dict(cnt))
     for tid, _, a, b in sorted([e for e in events if e[1] == "run_batch"], key=lambda e: e[2]):
         inside = [e for e in events if e[0] == tid and a <= e[2] and e[3] <= b and e[1] != "run_batch"]
