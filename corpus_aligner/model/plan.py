@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from corpus_aligner.batching import round_up
 from corpus_aligner.model.args import EncoderArgs
 
 ENCODER_ATTENTION_MODES = ("windowed", "full")
@@ -58,10 +59,6 @@ class EncoderPlan:
         return 1.0 - len(self.token_slot) / self.slot_window.size
 
 
-def _round_up(n: int, multiple: int) -> int:
-    return -(-n // multiple) * multiple
-
-
 def _starts(counts: np.ndarray) -> np.ndarray:
     """Exclusive cumulative sum: where each group starts in the concatenation."""
     return np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
@@ -97,7 +94,7 @@ def plan_batch(
     clip_chunks = -(-frames // cf)
     chunk_start = _starts(clip_chunks)
     n_chunks = int(clip_chunks.sum())
-    total = _round_up(n_chunks, chunk_multiple)
+    total = round_up(n_chunks, chunk_multiple)
     mel = features[0].shape[1]
     chunks = np.zeros((total * cf, mel), dtype=np.result_type(np.float16, *(f.dtype for f in features)))
     for feat, start in zip(features, chunk_start):
@@ -137,7 +134,7 @@ def _rows(counts: np.ndarray, size: np.ndarray, multiple: int) -> tuple[np.ndarr
     length = np.minimum(size[clip], counts[clip] - _ranks(per_clip) * size[clip])  # tokens per window, in order
     width = int(length.max())
     row, offset = _first_fit_decreasing(length, width)
-    n_rows = _round_up(int(row.max()) + 1, multiple)
+    n_rows = round_up(int(row.max()) + 1, multiple)
     token_slot = (np.repeat(row * width + offset, length) + _ranks(length)).astype(np.int32)
     slot_window = np.full(n_rows * width, -1, dtype=np.int32)
     slot_window[token_slot] = np.repeat(np.arange(len(length), dtype=np.int32), length)
