@@ -4,11 +4,12 @@ on the device machine, `python -m pytest -q tests/test_cuda_kernels.py`; elsewhe
 from __future__ import annotations
 
 import mlx.core as mx
+import mlx.nn as nn
 import numpy as np
 import pytest
 
-from corpus_aligner.model import cuda_kernels, decoder
-from corpus_aligner.model.args import DecoderArgs
+from corpus_aligner.model import cuda_kernels, decoder, encoder
+from corpus_aligner.model.args import DecoderArgs, EncoderArgs
 
 pytestmark = pytest.mark.skipif(not mx.cuda.is_available(), reason="needs MLX's CUDA build and an NVIDIA GPU")
 
@@ -68,3 +69,45 @@ def test_attention_output_does_not_depend_on_the_kernel_switch(monkeypatch: pyte
     monkeypatch.setattr(decoder, "FUSED_QKV", False)
     plain = np.array(attn(x).astype(mx.float32))
     np.testing.assert_allclose(fused, plain, atol=0.03 * np.abs(plain).max())
+
+
+def first_conv(seed: int = 0) -> nn.Conv2d:
+    mx.random.seed(seed)
+    conv = nn.Conv2d(1, 480, 3, stride=2, padding=1)
+    conv.set_dtype(mx.float16)
+    conv.bias = (0.5 * mx.random.normal((480,))).astype(mx.float16)  # non-zero, so that dropping it shows
+    mx.eval(conv.parameters())
+    return conv
+
+
+@pytest.mark.parametrize("frames", [100, 7])  # a full 1-s chunk, and an odd short one
+def test_conv1_gelu_matches_mlx_ops(frames: int) -> None:
+    conv = first_conv()
+    n = 5
+    chunks = mx.random.normal((n, frames, 128)).astype(mx.float16)
+    out_frames = (frames - 1) // 2 + 1
+    lengths = np.array([out_frames, 1, out_frames // 2, 0, out_frames - 1], np.int64)
+    got = cuda_kernels.conv1_gelu(chunks, *encoder.taps_by_row(conv), lengths)
+    keep = mx.array((np.arange(out_frames)[None, :] < lengths[:, None])[:, None, :, None].astype(np.float16))
+    want = encoder.gelu_masked(encoder.conv3x3_s2(conv, chunks.transpose(0, 2, 1)[..., None]), keep)
+    assert got.shape == want.shape == (n, 64, out_frames, 480) and got.dtype == mx.float16
+    a, b = np.array(got.astype(mx.float32)), np.array(want.astype(mx.float32))
+    assert np.all(a[~np.array(keep.astype(mx.bool_)).repeat(64, 1).repeat(480, 3)] == 0)  # masked frames zeroed
+    # fp16 roundings apart at most: the taps summed in another order, GELU in float32 instead of float16
+    np.testing.assert_allclose(a, b, atol=2e-3 + 2e-3 * np.abs(b).max())
+    assert np.abs(a - b).mean() < 1e-3 * np.abs(b).mean()
+
+
+def test_encoder_front_end_does_not_depend_on_the_conv1_switch(monkeypatch: pytest.MonkeyPatch) -> None:
+    mx.random.seed(3)
+    enc = encoder.AudioEncoder(EncoderArgs())
+    enc.set_dtype(mx.float16)
+    mx.eval(enc.parameters())
+    chunks = mx.random.normal((6, 100, 128)).astype(mx.float16)
+    lengths = np.array([100, 100, 37, 100, 1, 64])
+    monkeypatch.setattr(encoder, "FUSED_CONV1", True)
+    fused = np.array(enc.downsample(chunks, lengths).astype(mx.float32))
+    monkeypatch.setattr(encoder, "FUSED_CONV1", False)
+    plain = np.array(enc.downsample(chunks, lengths).astype(mx.float32))
+    np.testing.assert_allclose(fused, plain, atol=0.02 * np.abs(plain).max())
+    assert np.abs(fused - plain).mean() < 2e-3 * np.abs(plain).mean()

@@ -17,7 +17,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from corpus_aligner.model import bf16_matmul, cpu_attention, fastmath
+from corpus_aligner.model import bf16_matmul, cpu_attention, cuda_kernels, derived, fastmath
 from corpus_aligner.model.args import EncoderArgs
 from corpus_aligner.model.plan import (  # noqa: F401  (re-exported: the plan is part of the encoder's API)
     ENCODER_ATTENTION_MODES,
@@ -28,6 +28,10 @@ from corpus_aligner.model.plan import (  # noqa: F401  (re-exported: the plan is
 )
 
 FP16_CLAMP = 65504.0 - 1000.0
+
+# Whether an NVIDIA GPU runs the first convolution with its GELU as one kernel (`cuda_kernels.conv1_gelu`);
+# False keeps the im2col product and MLX ops (the A/B baseline).
+FUSED_CONV1 = True
 
 
 @lru_cache(maxsize=8)
@@ -173,6 +177,61 @@ def _gelu_keep(x: mx.array, keep: mx.array) -> mx.array:
     return nn.gelu(x) * keep
 
 
+def gelu_bias_masked(x: mx.array, bias: mx.array, keep: mx.array | None) -> mx.array:
+    """GELU(x + bias) * keep (None: no mask) as one compiled kernel: `nn.Conv2d`'s bias add was a pass of its
+    own over the convolution's output."""
+    return _gelu_bias_keep(x, bias, mx.array(1.0, x.dtype) if keep is None else keep)
+
+
+@partial(mx.compile, shapeless=True)
+def _gelu_bias_keep(x: mx.array, bias: mx.array, keep: mx.array) -> mx.array:
+    return nn.gelu(x + bias) * keep
+
+
+def _conv_no_bias(conv: nn.Conv2d, x: mx.array) -> mx.array:
+    return mx.conv2d(x, conv.weight, conv.stride, conv.padding, conv.dilation, conv.groups)
+
+
+def taps_by_row(conv: nn.Conv2d) -> tuple[mx.array, mx.array]:
+    """A one-channel 3x3 conv's weight as (9, O), tap (i, j) at row 3i + j, and its bias, both float32, for
+    `cuda_kernels.conv1_gelu` (cached, `derived.cached`)."""
+
+    def build() -> tuple[mx.array, mx.array]:
+        w = mx.contiguous(conv.weight.reshape(conv.weight.shape[0], 9).T.astype(mx.float32))
+        b = conv.bias.astype(mx.float32)
+        mx.eval(w, b)
+        return w, b
+
+    return derived.cached(conv, "taps_by_row", (conv.weight, conv.bias), build)
+
+
+def conv_gelu(conv: nn.Conv2d, x: mx.array, keep: mx.array | None) -> mx.array:
+    """GELU(conv(x)) * keep (None: no mask) for one of the front end's 3x3 stride-2 convolutions (NHWC)."""
+    if fastmath.use_fast_math():
+        if conv.weight.shape[-1] > 1 and bf16_matmul.applies(x, conv.weight):
+            return gelu_masked(bf16_matmul.conv3x3_s2(x, bf16_matmul.bf16_copy(conv), conv.bias), keep)
+        return gelu_masked(conv(x), keep)
+    # One input channel: as a product with K = 9 the first conv ran 1.5x faster on an H100 than MLX's CUDA
+    # convolution (and 4x faster on an H200 than the nine taps as one compiled element-wise kernel, whose
+    # float32 sum MLX split into several kernels); the 480-channel ones are faster as convolutions (cuDNN),
+    # their bias added in the GELU's pass rather than in one of its own.
+    if conv.weight.shape[-1] == 1:
+        return gelu_masked(conv3x3_s2(conv, x), keep)
+    return gelu_bias_masked(_conv_no_bias(conv, x), conv.bias, keep)
+
+
+def fused_first_conv(conv: nn.Conv2d) -> bool:
+    """Whether the first conv runs as `cuda_kernels.conv1_gelu` (one input channel, 3x3, stride 2, padding 1,
+    on an NVIDIA GPU)."""
+    o, kh, kw, i = conv.weight.shape
+    return (
+        FUSED_CONV1
+        and conv.stride == (2, 2)
+        and conv.padding == (1, 1)
+        and cuda_kernels.conv1_available(o, i, (kh, kw))
+    )
+
+
 def gelu(x: mx.array) -> mx.array:
     """Exact GELU: the cheap-op kernel on the CPU, MLX's own elsewhere."""
     return fastmath.gelu(x) if fastmath.use_fast_math() else nn.gelu(x)
@@ -214,23 +273,16 @@ class AudioEncoder(nn.Module):
         x = chunks.transpose(0, 2, 1)[..., None]  # (N, mel=H, time=W, 1): NHWC
         lengths = conv_lengths
         for conv in (self.conv2d1, self.conv2d2, self.conv2d3):
-            keep = None
-            if lengths is not None:
-                lengths = (lengths - 1) // 2 + 1
-                valid = np.arange((x.shape[2] - 1) // 2 + 1)[None, :] < lengths[:, None]  # (N, W out)
-                keep = mx.array(valid[:, None, :, None].astype(np.float32)).astype(x.dtype)  # type: ignore[arg-type]
-            # One input channel: as a product with K = 9 the first conv ran 1.5x faster on an H100 than
-            # MLX's CUDA convolution (and 4x faster on an H200 than the nine taps as one compiled element-wise
-            # kernel, whose float32 sum MLX split into several kernels); the 480-channel ones are faster as
-            # convolutions (cuDNN).
-            one_channel = conv.weight.shape[-1] == 1 and not fastmath.use_fast_math()
-            if one_channel:
-                x = conv3x3_s2(conv, x)
-            elif conv.weight.shape[-1] > 1 and bf16_matmul.applies(x, conv.weight):
-                x = bf16_matmul.conv3x3_s2(x, bf16_matmul.bf16_copy(conv), conv.bias)
+            out_lengths = None if lengths is None else (lengths - 1) // 2 + 1
+            if conv is self.conv2d1 and fused_first_conv(conv):
+                x = cuda_kernels.conv1_gelu(chunks, *taps_by_row(conv), out_lengths)
             else:
-                x = conv(x)
-            x = gelu_masked(x, keep)
+                keep = None
+                if out_lengths is not None:
+                    valid = np.arange((x.shape[2] - 1) // 2 + 1)[None, :] < out_lengths[:, None]  # (N, W out)
+                    keep = mx.array(valid[:, None, :, None].astype(np.float32)).astype(x.dtype)  # type: ignore[arg-type]
+                x = conv_gelu(conv, x, keep)
+            lengths = out_lengths
         n, f, t, c = x.shape
         x = x.transpose(0, 2, 3, 1).reshape(n, t, c * f)  # feature index = channel * F + freq
         x = self.conv_out(x)
