@@ -8,6 +8,8 @@ ROOT is a bench corpus made by scripts/bench_align.py; prints the GPU's busy sha
 total time and the per-batch host phases; OUTDIR/trace.json opens in chrome://tracing or Perfetto.
 TL_DEVICE=cpu runs the host side alone (no kernels recorded), TW=N sets the batch threads, TL_NOPROF=1 times the
 host phases of an ordinary warm pass (no profiler, whose per-launch callbacks slow the host down) and stops there.
+A batch thread's evaluation is timed in two: "encode" (`mx.async_eval`: MLX encodes the kernels in the calling
+thread) and "eval" (the wait for them).
 """
 
 from __future__ import annotations
@@ -62,11 +64,16 @@ def main() -> None:
     for n in ("prepare_batch", "run_batch", "decode_batch"):
         setattr(api.Aligner, n, record(n, getattr(api.Aligner, n)))
 
+    encode, wait = record("encode", mx.async_eval), record("eval", mx.eval)
+
     class MxProxy:
         def __getattr__(self, name):
             return getattr(mx, name)
 
-        eval = staticmethod(record("eval", mx.eval))
+        @staticmethod
+        def eval(*arrays):
+            encode(*arrays)  # the kernels scheduled (MLX encodes them in this thread), not waited for
+            wait(*arrays)
 
     api.mx = MxProxy()  # type: ignore[assignment]
 
