@@ -164,10 +164,11 @@ def qkv_norm_rope(
 # The encoder's first convolution (one input channel, 3x3, stride 2, padding 1) with its bias, exact GELU and
 # the mask of frames past a chunk's end, one thread per (output position, 8 channels). As MLX ops it was nine
 # strided tap copies, a K = 9 product (a `cutlass ... align1` kernel) and a GELU pass over its 1.5 M values
-# per chunk: 2.5-3 ms per 256 chunks on an H200, 15 % of a pass's kernel time. The input patch is read once
-# per position (from `chunks` as they are, (N, frames, mel)), the weights and bias as float32 rows of a (9, O)
-# copy (no conversions in the inner loop), and only the output is written. Roundings as the ops: the product
-# summed in float32 and rounded to T with its bias, then GELU in float32 rounded to T.
+# per chunk: 12 kernels and 2.2-2.3 ms per 256 chunks alone on an H200, against one kernel and 1.4-1.8 ms
+# (docs/performance.md; inside a pass, beside the other batch thread's kernels, both take longer). The input
+# patch is read once per position (from `chunks` as they are, (N, frames, mel)), the weights and bias as float32
+# rows of a (9, O) copy (no conversions in the inner loop), and only the output is written. Roundings as the
+# ops: the product summed in float32 and rounded to T with its bias, then GELU in float32 rounded to T.
 _CONV1_GELU = """
     constexpr unsigned int G = O / 8;
     constexpr unsigned int HO = (MEL - 1) / 2 + 1;
