@@ -113,11 +113,11 @@ def bench_encode(n: int = 200) -> None:
 
 
 def bench_conv1(chunks_n: int = 256, reps: int = 20) -> None:
-    if not cuda_kernels.conv1_available(480, 1, (3, 3)):
-        print("conv1: needs MLX's CUDA build and an NVIDIA GPU")
-        return
     mx.random.seed(0)
     conv = nn.Conv2d(1, 480, 3, stride=2, padding=1)
+    if not cuda_kernels.conv1_available(conv):
+        print("conv1: needs MLX's CUDA build and an NVIDIA GPU")
+        return
     conv.set_dtype(mx.float16)
     mx.eval(conv.parameters())
     chunks = mx.random.normal((chunks_n, 100, 128)).astype(mx.float16)

@@ -17,6 +17,7 @@ from functools import cache, lru_cache
 from typing import Any
 
 import mlx.core as mx
+import mlx.nn as nn
 import numpy as np
 
 # HD / 8 threads per (token, head), eight neighbouring elements each, read and written as 16 bytes (0.35 ms
@@ -228,9 +229,17 @@ def _conv1_kernel() -> Any:
     )
 
 
-def conv1_available(out_channels: int, in_channels: int, kernel: tuple[int, int]) -> bool:
-    """`conv1_gelu` takes a one-channel 3x3 convolution with a multiple of 8 output channels."""
-    return on_cuda() and in_channels == 1 and kernel == (3, 3) and out_channels % 8 == 0
+def conv1_available(conv: nn.Conv2d) -> bool:
+    """`conv1_gelu` takes a one-channel 3x3 convolution, stride 2, padding 1, with a multiple of 8 output
+    channels, on an NVIDIA GPU."""
+    out_channels, kh, kw, in_channels = conv.weight.shape  # MLX keeps [O, kH, kW, I]
+    return (
+        on_cuda()
+        and (in_channels, kh, kw) == (1, 3, 3)
+        and out_channels % 8 == 0
+        and tuple(conv.stride) == (2, 2)
+        and tuple(conv.padding) == (1, 1)
+    )
 
 
 def conv1_gelu(chunks: mx.array, weight: mx.array, bias: mx.array, lengths: np.ndarray | None) -> mx.array:

@@ -220,18 +220,6 @@ def conv_gelu(conv: nn.Conv2d, x: mx.array, keep: mx.array | None) -> mx.array:
     return gelu_bias_masked(_conv_no_bias(conv, x), conv.bias, keep)
 
 
-def fused_first_conv(conv: nn.Conv2d) -> bool:
-    """Whether the first conv runs as `cuda_kernels.conv1_gelu` (one input channel, 3x3, stride 2, padding 1,
-    on an NVIDIA GPU)."""
-    o, kh, kw, i = conv.weight.shape
-    return (
-        FUSED_CONV1
-        and conv.stride == (2, 2)
-        and conv.padding == (1, 1)
-        and cuda_kernels.conv1_available(o, i, (kh, kw))
-    )
-
-
 def gelu(x: mx.array) -> mx.array:
     """Exact GELU: the cheap-op kernel on the CPU, MLX's own elsewhere."""
     return fastmath.gelu(x) if fastmath.use_fast_math() else nn.gelu(x)
@@ -274,7 +262,7 @@ class AudioEncoder(nn.Module):
         lengths = conv_lengths
         for conv in (self.conv2d1, self.conv2d2, self.conv2d3):
             out_lengths = None if lengths is None else (lengths - 1) // 2 + 1
-            if conv is self.conv2d1 and fused_first_conv(conv):
+            if conv is self.conv2d1 and FUSED_CONV1 and cuda_kernels.conv1_available(conv):
                 x = cuda_kernels.conv1_gelu(chunks, *taps_by_row(conv), out_lengths)
             else:
                 keep = None
