@@ -54,6 +54,8 @@ def main() -> None:
     parser.add_argument("--dtype", default=None, help="our dtype (default per device)")
     parser.add_argument("--shapes", default=None, choices=["none", "default"], help="our batch shape rounding")
     parser.add_argument("--gpu-memory", type=float, default=None, help="our MLX memory limit, a fraction of the GPU")
+    parser.add_argument("--gpu-cache", type=float, default=None, help="our MLX buffer cache limit, GiB")
+    parser.add_argument("--gpu-turns", action="store_true", help="our batch threads take turns on the device")
     parser.add_argument("--quantize", type=int, default=None, help="GPU: also convert to this many bits and use it")
     parser.add_argument("--cpu-matmul", default=None, choices=["auto", "float32", "bfloat16"], help="our CPU products")
     parser.add_argument("--tokenizer-files", type=Path, default=None, help="folder with the real vocab.json/merges.txt")
@@ -87,8 +89,8 @@ def main() -> None:
     ours_args = common + [f"--{k}={v}" for k, v in (("budget", args.budget), ("workers", args.workers),
                                                      ("dtype", args.dtype), ("quantize", args.quantize),
                                                      ("shapes", args.shapes), ("cpu-matmul", args.cpu_matmul),
-                                                     ("gpu-memory", args.gpu_memory))
-                 if v]  # fmt: skip
+                                                     ("gpu-memory", args.gpu_memory), ("gpu-cache", args.gpu_cache))
+                 if v is not None] + ["--gpu-turns"] * args.gpu_turns  # fmt: skip
     # CPU: both sides loaded at once, alternating round by round. GPU: one after the other, each with the
     # whole device (both caching allocators keep what they touched, and side by side they ran out of memory).
     together = args.device == "cpu"

@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import sys
+import threading
 import time
 import traceback
 import types
@@ -116,6 +117,16 @@ class Ours:
             total = mx.device_info()["total_memory"]
             self.aligner.memory_limit = int(total * args.gpu_memory)  # type: ignore[operator]
             mx.set_memory_limit(self.aligner.memory_limit)
+        if args.gpu_cache is not None:  # MLX's buffer cache limit, GiB (by default its memory limit)
+            mx.set_cache_limit(int(args.gpu_cache * 2**30))
+        if args.gpu_turns:  # the batch threads take turns on the device (docs/performance.md, sixth session)
+            turn, run = threading.Lock(), self.aligner.run_batch
+
+            def run_batch(inputs: Any) -> Any:
+                with turn:
+                    return run(inputs)
+
+            self.aligner.run_batch = run_batch  # type: ignore[method-assign]
         self.out = args.out
         cores = os.cpu_count() or 1
         gpu = args.device == "gpu"
@@ -161,7 +172,11 @@ class Ours:
         from corpus_aligner.prefetch import AudioSpan
 
         spans = [AudioSpan(u.audio_path) for u in utts]
-        feats = [f for batch in self.prefetch.batches([spans]) for f in batch]
+        feats: list[Any] = []
+        for f in (f for batch in self.prefetch.batches([spans]) for f in batch):
+            if isinstance(f, Exception):
+                raise f  # the bench corpus is generated readable
+            feats.append(f)
         words = [split_words(u.text, "English") for u in utts]
         lengths = [self.aligner.sequence_length(f.shape[0], w) for f, w in zip(feats, words)]
         return feats, words, lengths
@@ -357,6 +372,8 @@ def main() -> None:
     parser.add_argument("--cpu-matmul", default=None, choices=["auto", "float32", "bfloat16"])
     parser.add_argument("--shapes", default=None)
     parser.add_argument("--gpu-memory", type=float, default=None)
+    parser.add_argument("--gpu-cache", type=float, default=None)
+    parser.add_argument("--gpu-turns", action="store_true")
     args = parser.parse_args()
     stdout = sys.stdout
     sys.stdout = sys.stderr  # library chatter goes to stderr; only RESULT lines on stdout
