@@ -117,6 +117,7 @@ class Ours:
             total = mx.device_info()["total_memory"]
             self.aligner.memory_limit = int(total * args.gpu_memory)  # type: ignore[operator]
             mx.set_memory_limit(self.aligner.memory_limit)
+        self.cache_gib, self.turns = args.gpu_cache, args.gpu_turns
         if args.gpu_cache is not None:  # MLX's buffer cache limit, GiB (by default its memory limit)
             mx.set_cache_limit(int(args.gpu_cache * 2**30))
         if args.gpu_turns:  # the batch threads take turns on the device (docs/performance.md, sixth session)
@@ -158,6 +159,8 @@ class Ours:
             "quantized": any(k.endswith(".scales") for k, _ in _flat(a.model.parameters())),
             "cpu_matmul": bf16_matmul.resolved_precision() if a.device == "cpu" else None,
             "memory_limit_gib": a.memory_limit / 2**30 if a.memory_limit else None,
+            "cache_limit_gib": self.cache_gib,
+            "device_turns": self.turns,
             "device_info": {k: v for k, v in self.mx.device_info().items() if isinstance(v, (int, str))},
         }
 
