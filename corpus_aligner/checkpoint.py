@@ -22,7 +22,7 @@ import mlx.nn as nn
 import numpy as np
 
 from corpus_aligner.errors import CheckpointError
-from corpus_aligner.model import AlignerArgs, ForcedAligner
+from corpus_aligner.model import AlignerArgs, ForcedAligner, bf16_matmul
 from corpus_aligner.model.aligner import quantizable
 
 log = logging.getLogger(__name__)
@@ -165,9 +165,10 @@ def load_model(
     """Build the model and load the folder's weights strictly.
 
     dtype None picks per device: the CPU computes everything in float32 (half/4-bit matmuls are far slower
-    there); a GPU computes the encoder/head in float16 and the decoder in bfloat16, 4-bit layers
-    dequantized (on an H100 the bf16 decoder aligned 4.1-4.7k audio-s/s, the 4-bit one 2.2-3.4k:
-    scripts/bench_align.py --quantize 4). "float32"/"float16"/"bfloat16" force one float dtype.
+    there), with the bf16 weights of its bf16 products left as they are (`_cast`); a GPU computes the
+    encoder/head in float16 and the decoder in bfloat16, 4-bit layers dequantized (on an H100 the bf16
+    decoder aligned 4.1-4.7k audio-s/s, the 4-bit one 2.2-3.4k: scripts/bench_align.py --quantize 4).
+    "float32"/"float16"/"bfloat16" force one float dtype.
     quantized: True keeps the checkpoint's 4-bit layers as QuantizedLinear (less memory), False
     dequantizes them; None keeps them only with a forced half dtype.
     """
@@ -200,15 +201,28 @@ def default_device() -> str:
 
 
 def _cast(model: ForcedAligner, dtype: str | None, on_cpu: bool) -> None:
-    """Cast float parameters; quantized codes (uint32) are never touched."""
+    """Cast float parameters; quantized codes (uint32) are never touched. On the CPU with bf16 products, the
+    weights that only feed them and are bf16 in the checkpoint stay so (`bf16_matmul.keeps_bf16_weight`), their
+    bf16 copies sharing the loaded bits. Converting those ~0.76 B weights to float32 and rounding them back took
+    a full-size load 9.3-9.8 s and its first batch 1-2 s more on 2 cores (now 1.5-2.2 s), and peak memory was
+    5.3 GiB (now 2.4); the outputs are the same bits."""
+    keep_bf16 = False
     if dtype is not None:
         enc = dec = DTYPES[dtype]
     elif on_cpu:
         enc = dec = mx.float32
+        keep_bf16 = bf16_matmul.resolved_precision() == "bfloat16"
     else:
         enc, dec = mx.float16, mx.bfloat16
+
+    def cast(module: nn.Module, key: str, value: Any) -> bool:
+        kept = keep_bf16 and key == "weight" and isinstance(value, mx.array) and value.dtype == mx.bfloat16
+        return nn.Module.valid_parameter_filter(module, key, value) and not (
+            kept and bf16_matmul.keeps_bf16_weight(module)
+        )
+
     for module, target in ((model.audio_tower, enc), (model.lm_head, enc), (model.model, dec)):
-        module.apply(lambda x, t=target: x.astype(t) if mx.issubdtype(x.dtype, mx.floating) else x)
+        module.apply(lambda x, t=target: x.astype(t) if mx.issubdtype(x.dtype, mx.floating) else x, cast)
 
 
 def save(

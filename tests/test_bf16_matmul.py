@@ -215,3 +215,29 @@ def test_the_backend_can_be_chosen(name: str) -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == name
+
+
+def test_loaded_for_bf16_products_the_product_weights_stay_the_checkpoints_bf16(
+    tiny_checkpoint_dir: Path, bf16: None
+) -> None:
+    """On the bf16 path the weights that only feed products keep the checkpoint's bf16 (no float32 copy to
+    make at load, none to round back at the first batch); everything else is float32, as with float32
+    products, where nothing stays bf16."""
+    from mlx.utils import tree_flatten
+
+    from corpus_aligner.checkpoint import load_model, read_weights
+    from corpus_aligner.model import ForcedAligner
+
+    stored = ForcedAligner.sanitize(read_weights(tiny_checkpoint_dir))
+    model = load_model(tiny_checkpoint_dir)
+    kept = {f"{name}.weight" for name, m in model.named_modules() if bf16_matmul.keeps_bf16_weight(m)}
+    dtypes = {k: v.dtype for k, v in tree_flatten(model.parameters())}
+    assert kept and "model.layers.0.self_attn.q_proj.weight" in kept and "lm_head.weight" in kept
+    assert "audio_tower.conv2d1.weight" not in kept  # the one-channel conv is an MLX convolution
+    assert {dtypes[k] for k in kept} == {mx.bfloat16}
+    assert {d for k, d in dtypes.items() if k not in kept} == {mx.float32}
+    layer = model.model.layers[0].mlp.down_proj
+    copy = bf16_matmul.bf16_copy(layer)
+    assert np.array_equal(copy.view, np.asarray(stored["model.layers.0.mlp.down_proj.weight"].view(mx.uint16)))
+    bf16_matmul.set_precision("float32")
+    assert {v.dtype for _, v in tree_flatten(load_model(tiny_checkpoint_dir).parameters())} == {mx.float32}

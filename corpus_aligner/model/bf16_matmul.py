@@ -97,12 +97,22 @@ def conv3x3_s2(x: mx.array, weight: Bf16Copy, bias: mx.array) -> mx.array:
 
 
 def applies(x: mx.array, weight: mx.array) -> bool:
+    """A float32 product on the CPU with bf16 products asked for; the weight float32, or bf16 as loaded
+    (`keeps_bf16_weight`)."""
     return (
         x.dtype == mx.float32
-        and weight.dtype == mx.float32
+        and weight.dtype in (mx.float32, mx.bfloat16)
         and mx.default_device() == mx.cpu
         and resolved_precision() == "bfloat16"
     )
+
+
+def keeps_bf16_weight(module: nn.Module) -> bool:
+    """Whether `module`'s weight feeds nothing but products that take the bf16 path: our Linear layers and the
+    multi-channel 3x3 convolutions (the encoder's one-channel first conv stays an MLX convolution). Loaded for
+    bf16 products on the CPU, such a weight stays in the checkpoint's bf16 (`checkpoint.load_model`): its
+    bf16 copy is then the checkpoint's own bits, with no float32 copy beside it."""
+    return isinstance(module, Linear) or (isinstance(module, nn.Conv2d) and module.weight.shape[-1] > 1)
 
 
 def bf16_copy(module: nn.Linear | nn.Conv2d) -> Bf16Copy:

@@ -208,7 +208,7 @@ def taps_by_row(conv: nn.Conv2d) -> tuple[mx.array, mx.array]:
 def conv_gelu(conv: nn.Conv2d, x: mx.array, keep: mx.array | None) -> mx.array:
     """GELU(conv(x)) * keep (None: no mask) for one of the front end's 3x3 stride-2 convolutions (NHWC)."""
     if fastmath.use_fast_math():
-        if conv.weight.shape[-1] > 1 and bf16_matmul.applies(x, conv.weight):
+        if bf16_matmul.keeps_bf16_weight(conv) and bf16_matmul.applies(x, conv.weight):
             return gelu_masked(bf16_matmul.conv3x3_s2(x, bf16_matmul.bf16_copy(conv), conv.bias), keep)
         return gelu_masked(conv(x), keep)
     # One input channel: as a product with K = 9 the first conv ran 1.5x faster on an H100 than MLX's CUDA
