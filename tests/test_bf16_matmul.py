@@ -241,3 +241,25 @@ def test_loaded_for_bf16_products_the_product_weights_stay_the_checkpoints_bf16(
     assert np.array_equal(copy.view, np.asarray(stored["model.layers.0.mlp.down_proj.weight"].view(mx.uint16)))
     bf16_matmul.set_precision("float32")
     assert {v.dtype for _, v in tree_flatten(load_model(tiny_checkpoint_dir).parameters())} == {mx.float32}
+
+
+def test_a_4bit_checkpoints_product_weights_are_dequantized_to_the_bf16_their_products_take(
+    tiny_checkpoint_dir: Path, tmp_path: Path, bf16: None
+) -> None:
+    """Dequantized for bf16 products, a 4-bit layer's weight comes out as the bf16 rounding of its float32
+    dequantization (what its bf16 copy was before); all else is what float32 products load."""
+    from mlx.utils import tree_flatten
+
+    from corpus_aligner.checkpoint import convert, load_model
+
+    q4 = convert(tiny_checkpoint_dir, tmp_path / "q4", bits=4)
+    fast = dict(tree_flatten(load_model(q4).parameters()))
+    bf16_matmul.set_precision("float32")
+    exact = dict(tree_flatten(load_model(q4).parameters()))
+    assert fast.keys() == exact.keys() and {v.dtype for v in exact.values()} == {mx.float32}
+    rounded = {k for k, v in fast.items() if v.dtype == mx.bfloat16}
+    assert "model.layers.0.mlp.down_proj.weight" in rounded  # a 4-bit layer
+    assert "audio_tower.layers.0.fc1.weight" not in rounded  # float16 in the file: float32, not bf16
+    for k, v in fast.items():
+        want = exact[k].astype(mx.bfloat16) if k in rounded else exact[k]
+        assert v.dtype == want.dtype and mx.array_equal(v, want).item(), k
