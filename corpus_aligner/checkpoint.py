@@ -151,16 +151,14 @@ def dequantize_weights(
     weights: dict[str, mx.array], group_size: int, bits: int, to_bf16: frozenset[str] = frozenset()
 ) -> dict[str, mx.array]:
     """Replace every (weight, scales, biases) triple by a float32 weight (the CPU path); the weights named in
-    `to_bf16` come out rounded to bfloat16 instead (what their first bf16 product would round them to)."""
+    `to_bf16` come out as the bf16 rounding of that float32 weight instead, the bits their bf16 products take
+    (float32 products asked for after loading then use those rounded values)."""
     out = dict(weights)
     for key in [k for k in weights if k.endswith(".scales")]:
         base = key.removesuffix(".scales")
-        weight = f"{base}.weight"
-        out[weight] = mx.dequantize(weights[weight], weights[key], weights[f"{base}.biases"], group_size, bits).astype(
-            mx.float32
-        )
-        if weight in to_bf16:
-            out[weight] = out[weight].astype(mx.bfloat16)
+        name = f"{base}.weight"
+        w = mx.dequantize(weights[name], weights[key], weights[f"{base}.biases"], group_size, bits).astype(mx.float32)
+        out[name] = w.astype(mx.bfloat16) if name in to_bf16 else w
         del out[key], out[f"{base}.biases"]
     return out
 
