@@ -184,8 +184,11 @@ def load_model(
     if dtype is not None and dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)} or None, got {dtype!r}")
     keep = quantized if quantized is not None else dtype in ("float16", "bfloat16")
+    bf16_products = dtype is None and on_cpu and bf16_matmul.resolved_precision() == "bfloat16"
     if dtype == "float32" or (dtype is None and on_cpu) or not keep:
-        to_bf16 = frozenset(_bf16_product_weights(model)) if dtype is None and on_cpu else frozenset()
+        to_bf16 = frozenset(
+            f"{name}.weight" for name, m in model.named_modules() if bf16_products and bf16_matmul.keeps_bf16_weight(m)
+        )
         weights = dequantize_weights(weights, group_size, bits, to_bf16)
     if any(k.endswith(".scales") for k in weights):
         nn.quantize(
@@ -195,7 +198,7 @@ def load_model(
             class_predicate=lambda p, m: f"{p}.scales" in weights,  # type: ignore[arg-type]
         )
     model.load_weights(list(weights.items()), strict=True)
-    _cast(model, dtype, on_cpu)
+    _cast(model, dtype, on_cpu, keep_bf16=bf16_products)
     mx.eval(model.parameters())
     model.eval()
     return model
@@ -205,26 +208,18 @@ def default_device() -> str:
     return "gpu" if mx.default_device() == mx.gpu else "cpu"
 
 
-def _bf16_product_weights(model: ForcedAligner) -> list[str]:
-    """The weights that stay bf16 on the CPU's bf16 path (`_cast`); none where products are float32."""
-    if bf16_matmul.resolved_precision() != "bfloat16":
-        return []
-    return [f"{name}.weight" for name, m in model.named_modules() if bf16_matmul.keeps_bf16_weight(m)]
-
-
-def _cast(model: ForcedAligner, dtype: str | None, on_cpu: bool) -> None:
-    """Cast float parameters; quantized codes (uint32) are never touched. On the CPU with bf16 products, the
-    weights that only feed them and are bf16 in the checkpoint stay so (`bf16_matmul.keeps_bf16_weight`), their
-    bf16 copies sharing the loaded bits. Converting those ~0.76 B weights to float32 and rounding them back took
-    a full-size load 9.3-9.8 s and its first batch 1-2 s more on 2 cores (now 1.5-2.2 s), and peak memory was
-    5.3 GiB (now 2.4); the outputs are the same bits. A 4-bit checkpoint's layers are dequantized straight to
-    that bf16 (`dequantize_weights`): first batch 12.5 -> 9.5 s, peak 5.3 -> 3.6 GiB, the same bits."""
-    keep_bf16 = False
+def _cast(model: ForcedAligner, dtype: str | None, on_cpu: bool, keep_bf16: bool = False) -> None:
+    """Cast float parameters; quantized codes (uint32) are never touched. With `keep_bf16` (the CPU with bf16
+    products and no forced dtype) the weights that only feed those products and are bf16 in the checkpoint
+    stay so (`bf16_matmul.keeps_bf16_weight`), their bf16 copies sharing the loaded bits. Converting those
+    ~0.76 B weights to float32 and rounding them back took a full-size load 9.3-9.8 s and its first batch 1-2 s
+    more on 2 cores (now 1.5-2.2 s), and peak memory was 5.3 GiB (now 2.4); the outputs are the same bits. A
+    4-bit checkpoint's layers are dequantized straight to that bf16 (`dequantize_weights`): first batch
+    12.5 -> 9.5 s, peak 5.3 -> 3.6 GiB, the same bits."""
     if dtype is not None:
         enc = dec = DTYPES[dtype]
     elif on_cpu:
         enc = dec = mx.float32
-        keep_bf16 = bool(_bf16_product_weights(model))
     else:
         enc, dec = mx.float16, mx.bfloat16
 
