@@ -29,6 +29,7 @@ from corpus_aligner.frontend import log_mel
 from corpus_aligner.mlx_threads import worker_threads
 from corpus_aligner.model import ForcedAligner, bf16_matmul
 from corpus_aligner.model.encoder import EncoderPlan, audio_token_count, plan_batch
+from corpus_aligner.model_processes import ModelProcesses, ProcessSpec
 from corpus_aligner.normalize import split_words
 from corpus_aligner.prefetch import ordered_map
 from corpus_aligner.prompt import Prompt, PromptBuilder, SpecialIds, load_tokenizer, pad_prompts
@@ -143,6 +144,7 @@ class Aligner:
         self.encoder_attention = encoder_attention
         self.device = "gpu" if mx.default_device() == mx.gpu else "cpu"
         self.batch_positions = batch_positions or DEFAULT_BATCH_POSITIONS[self.device]
+        self.processes: ModelProcesses | None = None  # `from_pretrained(processes=N)`
         self.workers = workers or default_workers(self.device)
         self.shapes = shapes or DEFAULT_SHAPES[self.device]
         self.memory_limit = None if self.device == "cpu" else limit_gpu_memory()
@@ -164,6 +166,7 @@ class Aligner:
         workers: int | None = None,
         shapes: Shapes | None = None,
         cpu_matmul: str | None = None,
+        processes: int = 1,
     ) -> Aligner:
         """Load a local folder as is, or download a repo id with `huggingface_hub.snapshot_download`.
 
@@ -176,7 +179,9 @@ class Aligner:
         batches in flight at once (`align_batches`; default per device, see `default_workers`); shapes:
         how batch dimensions are rounded (default per device, `DEFAULT_SHAPES`). cpu_matmul: "float32",
         "bfloat16" or "auto", the precision of float32 matrix products on the CPU, process-wide
-        (`model.bf16_matmul`; None leaves it as set, "auto" by default).
+        (`model.bf16_matmul`; None leaves it as set, "auto" by default). processes: above 1, the model
+        passes run in that many spawned processes, each loading the weights (`model_processes`; `close`
+        stops them).
         """
         if encoder_attention not in ("windowed", "full"):
             raise ValueError(f"encoder_attention must be 'windowed' or 'full', got {encoder_attention!r}")
@@ -191,7 +196,32 @@ class Aligner:
         if "timestamp_token_id" not in config:
             raise ValueError(f"{info.path}/config.json has no timestamp_token_id: not a forced-aligner checkpoint")
         prompts = PromptBuilder(load_tokenizer(info.path, pretokenizer), ids)
-        return cls(model, prompts, info, encoder_attention, batch_positions, workers, shapes)
+        aligner = cls(model, prompts, info, encoder_attention, batch_positions, workers, shapes)
+        if processes > 1:
+            total = mx.device_info().get("total_memory")
+            share = (
+                aligner.memory_limit / total / processes if aligner.memory_limit and isinstance(total, int) else None
+            )
+            spec = ProcessSpec(
+                str(info.path), encoder_attention, dtype, quantized, pretokenizer, aligner.shapes,
+                bf16_matmul.resolved_precision() if aligner.device == "cpu" else None, aligner.device, share,
+                max(1, (os.cpu_count() or 1) // processes),
+            )  # fmt: skip
+            aligner.processes = ModelProcesses(spec, processes)
+            aligner.workers = workers or processes + 1  # callers' threads: one batch per process and one queued
+        return aligner
+
+    def close(self) -> None:
+        """Stop the model processes, if any (the aligner then runs its passes in this process)."""
+        if self.processes is not None:
+            self.processes.close()
+            self.processes = None
+
+    def __enter__(self) -> Aligner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # ----- sizes -------------------------------------------------------------------------------
     @property
@@ -233,6 +263,8 @@ class Aligner:
         features: log-mel (n_frames, 128) per utterance (`frontend.log_mel`); words: the cleaned words
         (`normalize.split_words`). Returns the aligned words of each utterance, in order.
         """
+        if self.processes is not None:
+            return self.processes.align(features, words)
         inputs = self.prepare_batch(features, words)
         return self.decode_batch(inputs, self.run_batch(inputs))
 
@@ -327,6 +359,10 @@ class Aligner:
         the one being returned, so memory stays bounded. A batch that fails with one of our errors yields
         that error (the caller may retry its utterances one by one); other exceptions propagate.
         """
+        if self.processes is not None:  # each batch whole in a model process; one queued beyond them
+            procs = self.processes
+            yield from ordered_map(lambda batch: procs.submit(*batch), batches, procs.count + 1)
+            return
         if self.workers == 1:
             yield from (self._align_or_error(f, w) for f, w in batches)
             return

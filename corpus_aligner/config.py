@@ -80,6 +80,10 @@ class BatchConfig:
     # this process, enough on a CPU. On a GPU the writing (~0.1 ms per audio second) would hold the GIL
     # that the model lanes need.
     writer_processes: int = 0
+    # Model passes in this many spawned processes, each with its own copy of the weights and its share of
+    # the GPU memory limit; 1: in this process. On an H200 three ran model-only within noise of one (8,401 vs
+    # 8,131 audio-s/s), so it stays 1 (docs/performance.md, seventh session).
+    model_processes: int = 1
 
 
 @dataclass(frozen=True)

@@ -291,11 +291,12 @@ def run(cfg: AppConfig) -> RunResult:
 
     A first Ctrl-C/SIGTERM stops before the next batch; the result then says `interrupted`."""
     with worker_pools(cfg.batch) as (loaders, writers):
-        return run_with(cfg, loaders, writers)
+        session = Session.open(cfg)
+        with session.aligner:  # stops its model processes, if any
+            return run_with(cfg, session, loaders, writers)
 
 
-def run_with(cfg: AppConfig, loaders: Executor | None, writers: Executor) -> RunResult:
-    session = Session.open(cfg)
+def run_with(cfg: AppConfig, session: Session, loaders: Executor | None, writers: Executor) -> RunResult:
     aligner, store = session.aligner, session.store
     runner = BatchRunner(aligner, cfg.align)
     write = BatchWriter(store, cfg.output.textgrid, cfg.align, runner.tick_s)

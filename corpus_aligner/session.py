@@ -26,8 +26,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def load_aligner(cfg: ModelConfig) -> Aligner:
-    """The configured weights; with `random_tiny`, generate the tiny random checkpoint first."""
+def load_aligner(cfg: ModelConfig, processes: int = 1) -> Aligner:
+    """The configured weights, passes in `processes` model processes (`Aligner.from_pretrained`); with
+    `random_tiny`, generate the tiny random checkpoint first."""
     from corpus_aligner.api import Aligner
 
     if cfg.random_tiny:
@@ -44,6 +45,7 @@ def load_aligner(cfg: ModelConfig) -> Aligner:
         quantized=cfg.quantized,
         revision=cfg.revision,
         cpu_matmul=cfg.cpu_matmul,
+        processes=processes,
     )
 
 
@@ -120,7 +122,7 @@ class Session:
         utterances = select_shard(read_corpus(cfg.corpus), cfg.shard.index, cfg.shard.count)
         store = OutputStore(output_dir, cfg.shard.index, cfg.shard.count)  # before the model: fail fast
         t_load = perf_counter()
-        aligner = load_aligner(cfg.model)
+        aligner = load_aligner(cfg.model, cfg.batch.model_processes)
         t_load = perf_counter() - t_load
         store.claim(settings_identity(cfg, aligner.checkpoint.fingerprint))
         store.remove_stale_temporaries()

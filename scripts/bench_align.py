@@ -56,6 +56,7 @@ def main() -> None:
     parser.add_argument("--gpu-memory", type=float, default=None, help="our MLX memory limit, a fraction of the GPU")
     parser.add_argument("--gpu-cache", type=float, default=None, help="our MLX buffer cache limit, GiB")
     parser.add_argument("--gpu-turns", action="store_true", help="our batch threads take turns on the device")
+    parser.add_argument("--model-processes", type=int, default=None, help="our model processes (default 1: in-process)")
     parser.add_argument("--quantize", type=int, default=None, help="GPU: also convert to this many bits and use it")
     parser.add_argument("--cpu-matmul", default=None, choices=["auto", "float32", "bfloat16"], help="our CPU products")
     parser.add_argument("--tokenizer-files", type=Path, default=None, help="folder with the real vocab.json/merges.txt")
@@ -89,7 +90,8 @@ def main() -> None:
     ours_args = common + [f"--{k}={v}" for k, v in (("budget", args.budget), ("workers", args.workers),
                                                      ("dtype", args.dtype), ("quantize", args.quantize),
                                                      ("shapes", args.shapes), ("cpu-matmul", args.cpu_matmul),
-                                                     ("gpu-memory", args.gpu_memory), ("gpu-cache", args.gpu_cache))
+                                                     ("gpu-memory", args.gpu_memory), ("gpu-cache", args.gpu_cache),
+                                                     ("model-processes", args.model_processes))
                  if v is not None] + ["--gpu-turns"] * args.gpu_turns  # fmt: skip
     # CPU: both sides loaded at once, alternating round by round. GPU: one after the other, each with the
     # whole device (both caching allocators keep what they touched, and side by side they ran out of memory).

@@ -111,6 +111,7 @@ class Ours:
             workers=args.workers,
             shapes=shapes,
             cpu_matmul=args.cpu_matmul,
+            processes=args.model_processes or 1,
         )
         self.load_s = time.perf_counter() - t
         if args.gpu_memory:  # instead of the Aligner's own limit (api.gpu_memory_target), higher or lower
@@ -136,7 +137,7 @@ class Ours:
         # the main process's and two writers' (two write 4,000 TextGrids in well under the run's 10 s).
         # As the main job's loaders: every process started, with the checks of `prepare` imported (`loading`).
         self.prefetch = FeaturePrefetcher(
-            processes=max(1, cores - 3) if gpu else 1,
+            processes=max(1, cores - 2 - (self.aligner.processes.count if self.aligner.processes else 1)) if gpu else 1,
             dtype=self.aligner.feature_dtype,
             preload="corpus_aligner.loading",
         )
@@ -161,6 +162,7 @@ class Ours:
             "memory_limit_gib": a.memory_limit / 2**30 if a.memory_limit else None,
             "cache_limit_gib": self.cache_gib,
             "device_turns": self.turns,
+            "model_processes": a.processes.count if a.processes else 1,
             "device_info": {k: v for k, v in self.mx.device_info().items() if isinstance(v, (int, str))},
         }
 
@@ -168,7 +170,8 @@ class Ours:
         """Compile kernels (g++ on the CPU, NVRTC on the GPU) outside the timed runs."""
         utts = self.corpus.block(1)[:8]
         feats, words, _ = self.features(utts)
-        list(self.aligner.align_batches([(feats[:1], words[:1]), (feats, words)]))
+        copies = self.aligner.processes.count if self.aligner.processes else 1  # roughly one per model process
+        list(self.aligner.align_batches([(feats[:1], words[:1])] + [(feats, words)] * copies))
 
     def features(self, utts: list[Any]) -> tuple[list[Any], list[list[str]], list[int]]:
         from corpus_aligner.normalize import split_words
@@ -265,15 +268,20 @@ class Ours:
     def reset_peaks(self) -> None:
         reset_peak_host()
         self.mx.reset_peak_memory()
+        if self.aligner.processes:
+            self.aligner.processes.peak_memory(reset=True)
 
     def peaks(self) -> dict[str, float]:
         out = {"peak_host_gib": peak_host_gib()}
         if self.gpu:
             out["peak_gpu_gib"] = self.mx.get_peak_memory() / 2**30
+            if self.aligner.processes:  # the model processes' together, beside this process's own
+                out["peak_gpu_gib"] += sum(self.aligner.processes.peak_memory()) / 2**30
         return out
 
     def close(self) -> None:
         self.prefetch.close()
+        self.aligner.close()
 
 
 def _flat(tree: Any) -> list[tuple[str, Any]]:
@@ -377,6 +385,7 @@ def main() -> None:
     parser.add_argument("--gpu-memory", type=float, default=None)
     parser.add_argument("--gpu-cache", type=float, default=None)
     parser.add_argument("--gpu-turns", action="store_true")
+    parser.add_argument("--model-processes", type=int, default=None)
     args = parser.parse_args()
     stdout = sys.stdout
     sys.stdout = sys.stderr  # library chatter goes to stderr; only RESULT lines on stdout

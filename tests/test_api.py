@@ -178,6 +178,43 @@ def test_align_batches_keeps_each_batch_error_in_its_place(ckpt, tmp_path):
     assert list(aligner.align_batches([([feats[0]], [[]])])) == [[[]]]  # no word: no pass, nothing to decode
 
 
+def test_model_processes_give_this_process_words_and_keep_each_batch_error_in_its_place(ckpt, tmp_path, monkeypatch):
+    """With the passes in two spawned processes (features through shared memory, each batch to whichever
+    process is free) every batch gives exactly this process's words, in order, and a failing batch its error;
+    no shared-memory block is left behind and `close` stops the processes."""
+    here = Aligner.from_pretrained(ckpt, workers=1)
+    names = sorted(CASES)
+    feats = [log_mel(load_audio(str(case_audio(n, tmp_path)))) for n in names]
+    words = [split_words(CASES[n][2], CASES[n][3]) for n in names]
+    too_long = np.zeros((round(here.max_duration_s * 100) + 1, feats[0].shape[1]), np.float32)
+    empty = np.zeros((0, feats[0].shape[1]), np.float32)
+    batches = [(feats[:2], words[:2]), ([too_long], words[:1]), (feats[2:4], words[2:4]), ([empty], words[:1])]
+    batches += [(feats[4:], words[4:]), (feats[:1], [[]])]
+    expected = list(here.align_batches(batches))
+    three = here.align_features(feats[:3], words[:3])
+    shm = Path("/dev/shm")
+    before = set(shm.glob("psm_*"))
+
+    def no_pass_here(*_):
+        raise RuntimeError("a pass ran in the parent process")
+
+    monkeypatch.setattr(Aligner, "run_batch", no_pass_here)  # the spawned processes import a clean copy
+    with Aligner.from_pretrained(ckpt, processes=2) as there:
+        assert there.processes is not None and there.workers == 3
+        started = list(there.processes.pool._processes.values())
+        out = list(there.align_batches(batches))
+        with pytest.raises(TooLongError):
+            there.align_features([too_long], words[:1])
+        assert timing(there.align_features(feats[:3], words[:3])) == timing(three)
+    assert isinstance(out[1], TooLongError) and isinstance(out[3], AudioError)
+    for k in (0, 2, 4, 5):
+        assert timing(out[k]) == timing(expected[k])
+    probs = [[w.start_prob for w in r] for r in out[0]]
+    assert probs == [[w.start_prob for w in r] for r in expected[0]]
+    assert set(shm.glob("psm_*")) <= before
+    assert len(started) == 2 and not any(p.is_alive() for p in started) and there.processes is None
+
+
 def test_align_batches_reads_ahead_a_bounded_number_of_batches(ckpt, tmp_path):
     """Batches are taken from the input lazily: when the first result comes, at most 2 * workers + 1 more have
     been read, so memory stays bounded whatever the corpus size."""

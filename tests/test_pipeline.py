@@ -213,3 +213,25 @@ def test_loader_writer_and_model_lanes_change_nothing(
     )
     for g in grids:
         assert (tmp_path / "plain" / g).read_bytes() == (tmp_path / "lanes" / g).read_bytes()
+
+
+def test_model_processes_change_nothing(
+    tmp_path: Path, tiny_checkpoint_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The passes in two spawned model processes (`batch.model_processes`) write the same tables and
+    TextGrids as in this process, failed rows included; this process then runs no pass itself."""
+    corpus = tiny_librispeech(tmp_path / "corpus", speakers=3, utterances=3, bad_cases=True)
+    pipeline.run(config(corpus.root, tmp_path / "here", tiny_checkpoint_dir, max_utterances=2))
+
+    def no_pass_here(*_: object) -> None:
+        raise RuntimeError("a pass ran in the parent process")
+
+    monkeypatch.setattr(Aligner, "run_batch", no_pass_here)  # the spawned processes import a clean copy
+    there = config(corpus.root, tmp_path / "there", tiny_checkpoint_dir, max_utterances=2)
+    pipeline.run(replace(there, batch=replace(there.batch, model_processes=2)))
+    for a, b in zip(tables(tmp_path / "here"), tables(tmp_path / "there")):
+        assert_frame_equal(a, b)
+    grids = sorted(p.relative_to(tmp_path / "here") for p in (tmp_path / "here").rglob("*.TextGrid"))
+    assert grids
+    for g in grids:
+        assert (tmp_path / "here" / g).read_bytes() == (tmp_path / "there" / g).read_bytes()
