@@ -116,14 +116,7 @@ class SharedFeatures:
 
 def _align(features: SharedFeatures, words: Sequence[Sequence[str]]) -> list[list[AlignedWord]] | AlignerError:
     assert _aligner is not None, "model process not started"
-    try:
-        return _aligner.align_features(features.take(), words)
-    except AlignerError as exc:  # one batch fails alone, as in-process
-        return exc
-
-
-def _ready() -> None:
-    pass
+    return _aligner._align_or_error(features.take(), words)  # one batch fails alone, as in-process
 
 
 def _peak_memory(reset: bool) -> tuple[int, int]:
@@ -145,7 +138,7 @@ class ModelProcesses:
         context = multiprocessing.get_context("spawn")  # never forked: the parent holds MLX and BLAS threads
         self.pool = ProcessPoolExecutor(count, mp_context=context, initializer=_start, initargs=(spec,))
         for _ in range(count):  # a spawn pool starts a process per task until it has them all: load now
-            self.pool.submit(_ready)
+            self.pool.submit(int)
 
     def submit(self, features: Sequence[np.ndarray], words: Sequence[Sequence[str]]) -> Future[Any]:
         """A future of the batch's aligned words, or of the AlignerError that failed it."""
