@@ -35,7 +35,7 @@ def main() -> None:
     ns = argparse.Namespace(device="gpu" if gpu else "cpu", root=root, out=outdir / "o", budget=None,
                             workers=int(os.environ.get("TW", 0)) or None, dtype=None, quantize=None,
                             cpu_matmul=None, shapes=None, gpu_memory=None, gpu_cache=None,
-                            gpu_turns=False)  # fmt: skip
+                            gpu_turns=False, model_processes=None)  # fmt: skip
     ours = bench_sides.Ours(ns)
     cmd = {"cmd": "model", "blocks": 1, "first": 0, "stop": stop, "repeats": 2}
     r = ours.model(cmd)

@@ -98,16 +98,68 @@ def test_conv1_gelu_matches_mlx_ops(frames: int) -> None:
     assert np.abs(a - b).mean() < 1e-3 * np.abs(b).mean()
 
 
-def test_encoder_front_end_does_not_depend_on_the_conv1_switch(monkeypatch: pytest.MonkeyPatch) -> None:
-    mx.random.seed(3)
+def full_size_encoder(seed: int) -> tuple[encoder.AudioEncoder, mx.array, np.ndarray]:
+    """A float16 encoder of the real dimensions, six 1-s chunks of features and their valid frames."""
+    mx.random.seed(seed)
     enc = encoder.AudioEncoder(EncoderArgs())
     enc.set_dtype(mx.float16)
     mx.eval(enc.parameters())
     chunks = mx.random.normal((6, 100, 128)).astype(mx.float16)
-    lengths = np.array([100, 100, 37, 100, 1, 64])
+    return enc, chunks, np.array([100, 100, 37, 100, 1, 64])
+
+
+def test_encoder_front_end_does_not_depend_on_the_conv1_switch(monkeypatch: pytest.MonkeyPatch) -> None:
+    enc, chunks, lengths = full_size_encoder(3)
     monkeypatch.setattr(encoder, "FUSED_CONV1", True)
     fused = np.array(enc.downsample(chunks, lengths).astype(mx.float32))
     monkeypatch.setattr(encoder, "FUSED_CONV1", False)
     plain = np.array(enc.downsample(chunks, lengths).astype(mx.float32))
     np.testing.assert_allclose(fused, plain, atol=0.02 * np.abs(plain).max())
     assert np.abs(fused - plain).mean() < 2e-3 * np.abs(plain).mean()
+
+
+@pytest.mark.parametrize("dtype", [mx.float16, mx.bfloat16])
+def test_bias_gelu_matches_mlx_ops(dtype: mx.Dtype) -> None:
+    mx.random.seed(4)
+    x = (3 * mx.random.normal((37, 4096))).astype(dtype)  # values on both sides of erf's |x| = 1 and beyond
+    bias = mx.random.normal((4096,)).astype(dtype)
+    got = cuda_kernels.bias_gelu(x, bias)
+    want = nn.gelu((x + bias).astype(mx.float32)).astype(dtype)
+    assert got.shape == want.shape and got.dtype == dtype
+    a, b = np.array(got.astype(mx.float32)), np.array(want.astype(mx.float32))
+    # x + bias rounded to the dtype first, as MLX's ops in that dtype; erfc taken directly where 1 + erf cancels
+    # (tiny negative outputs where float32's 1 + erf gives 0)
+    np.testing.assert_allclose(a, b, atol=1e-3, rtol=1e-2)
+    assert np.abs(a - b).mean() < 2e-3 * np.abs(b).mean()
+
+
+def test_bias_gelu_masks_frames_past_each_chunk_end() -> None:
+    mx.random.seed(5)
+    n, h, w, c = 4, 3, 9, 480
+    x = mx.random.normal((n, h, w, c)).astype(mx.float16)
+    bias = mx.random.normal((c,)).astype(mx.float16)
+    lengths = np.array([9, 0, 4, 1])
+    got = np.array(cuda_kernels.bias_gelu(x, bias, lengths).astype(mx.float32))
+    keep = np.arange(w)[None, :] < lengths[:, None]  # (n, w)
+    want = np.array(nn.gelu((x + bias).astype(mx.float32)).astype(mx.float16).astype(mx.float32))
+    want = want * keep[:, None, :, None]
+    np.testing.assert_allclose(got, want, atol=1e-3, rtol=1e-2)
+    assert np.all(got[~np.broadcast_to(keep[:, None, :, None], got.shape)] == 0)
+
+
+def test_encoder_does_not_depend_on_the_bias_gelu_switch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The front end's convolutions and a layer's MLP through `bias_gelu` against MLX's compiled kernels."""
+    enc, chunks, lengths = full_size_encoder(6)
+    layer = enc.layers[0]
+    x = mx.random.normal((3 * 104, 1024)).astype(mx.float16)
+    window = mx.array(np.tile(np.arange(104) // 52, (3, 1)))  # two windows per row
+    bias = encoder.window_bias(window, mx.float16)
+    outs = {}
+    for fused in (True, False):
+        monkeypatch.setattr(encoder, "FUSED_GELU", fused)
+        front = enc.downsample(chunks, lengths)
+        layer.compiled = encoder._Compiled(layer)  # fresh traces for each switch
+        outs[fused] = [np.array(y.astype(mx.float32)) for y in (front, layer.compiled(x, bias))]
+    for got, want in zip(outs[True], outs[False]):
+        np.testing.assert_allclose(got, want, atol=0.02 * np.abs(want).max())
+        assert np.abs(got - want).mean() < 2e-3 * np.abs(want).mean()

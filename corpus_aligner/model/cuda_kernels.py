@@ -1,5 +1,7 @@
-"""Fused CUDA kernels for the decoder on an NVIDIA GPU (`mx.fast.cuda_kernel`), where separate MLX kernels
-spend their time moving activations rather than computing.
+"""Fused CUDA kernels on an NVIDIA GPU (`mx.fast.cuda_kernel`), where separate MLX kernels spend their time
+moving activations rather than computing: the decoder's q/k/v norm and RoPE (`qkv_norm_rope`), the encoder's
+first convolution with its GELU (`conv1_gelu`), and bias + GELU after its other convolutions and each layer's
+fc1 (`bias_gelu`).
 
 `qkv_norm_rope`: after one product for q, k and v, one pass does the per-head RMSNorm of q and k, their
 RoPE and the (B, S, heads, hd) -> (B, heads, S, hd) layout SDPA takes. The separate ops (three products, two
@@ -163,59 +165,90 @@ def qkv_norm_rope(
 
 
 # The encoder's first convolution (one input channel, 3x3, stride 2, padding 1) with its bias, exact GELU and
-# the mask of frames past a chunk's end, one thread per (output position, 8 channels). As MLX ops it was nine
-# strided tap copies, a K = 9 product (a `cutlass ... align1` kernel) and a GELU pass over its 1.5 M values
-# per chunk: 12 kernels and 2.2-2.3 ms per 256 chunks alone on an H200, against one kernel and 1.4-1.8 ms
-# (docs/performance.md; inside a pass, beside the other batch thread's kernels, both take longer). The input
-# patch is read once per position (from `chunks` as they are, (N, frames, mel)), the weights and bias as float32
-# rows of a (9, O) copy (no conversions in the inner loop), and only the output is written. Roundings as the
-# ops: the product summed in float32 and rounded to T with its bias, then GELU in float32 rounded to T.
+# the mask of frames past a chunk's end. As MLX ops it was nine strided tap copies, a K = 9 product (a `cutlass
+# ... align1` kernel) and a GELU pass over its 1.5 M values per chunk. A first fused kernel, one thread per
+# (output position, 8 channels), ran 2.5 ms per call inside a pass (one batch thread, 139 ms of a 1,123-ms pass,
+# the largest kernel after the decoder's products; docs/performance.md, eighth session): each thread loaded
+# its 72 weights and 9 input values for 8 outputs, and erff's two paths both ran wherever a warp's values
+# fell on both sides of |x| = 1. Here a block takes one output mel row of one chunk: its three input rows
+# are staged in shared memory, each thread keeps its 8 channels' weights and bias in registers for all the
+# row's frames, and GELU's erf is branch-free (`gelu_erf`). Roundings as the ops: the product summed in
+# float32 and rounded to T with its bias, then GELU in float32 rounded to T.
+CONV1_THREADS = 240  # per block at most: 480 channels give 60 groups of 8 x 4 frames at a time
+
+_GELU_ERF = """
+// Exact GELU, 0.5 y (1 + erf(y / sqrt 2)), without erff's branch (lanes on both sides of |x| = 1 ran both of
+// its paths): erfc(|x|) by Abramowitz & Stegun 7.1.26 (|error in erf| < 1.5e-7, far below a float16 rounding
+// of the result), and 1 + erf(x) taken as erfc(-x) on the negative side so that nothing cancels.
+__device__ __forceinline__ float gelu_erf(float y) {
+    float x = fabsf(y) * 0.7071067811865476f;
+    float t = __fdividef(1.0f, fmaf(0.3275911f, x, 1.0f));  // >= 1: the fast division is exact enough
+    float poly = fmaf(t, fmaf(t, 1.061405429f, -1.453152027f), 1.421413741f);
+    poly = t * fmaf(t, fmaf(t, poly, -0.284496736f), 0.254829592f);
+    float e = poly * __expf(-x * x);  // erfc(|x|)
+    return y >= 0.0f ? y * (1.0f - 0.5f * e) : 0.5f * y * e;
+}
+"""
+
 _CONV1_GELU = """
-    constexpr unsigned int G = O / 8;
-    constexpr unsigned int HO = (MEL - 1) / 2 + 1;
-    constexpr unsigned int WO = (FRAMES - 1) / 2 + 1;
-    unsigned int tid = blockIdx.x * blockDim.x + threadIdx.x;
-    unsigned int pos = tid / G;
-    unsigned int g = tid - pos * G;
-    if (pos >= static_cast<unsigned int>(dims[0]) * HO * WO) return;
-    unsigned int wo = pos % WO;
-    unsigned int r = pos / WO;
-    int ho = r % HO;
-    unsigned int n = r / HO;
-    float patch[9];
-    #pragma unroll
-    for (int i = 0; i < 3; ++i) {
+    // One block per (chunk n, output mel row ho): its three input mel rows over all frames (zero-padded at
+    // the edges) are staged in shared memory as float; each thread keeps the weights and bias of its 8
+    // channels in registers and walks the row's output frames SUB apart.
+    constexpr int G = O / 8;
+    constexpr int HO = (MEL - 1) / 2 + 1;
+    constexpr int WO = (FRAMES - 1) / 2 + 1;
+    constexpr int TW = FRAMES + 2;
+    constexpr int SUB = THREADS / G;
+    __shared__ float tile[3 * TW];
+    int row = blockIdx.x;
+    int ho = row % HO;
+    int n = row / HO;
+    for (int idx = threadIdx.x; idx < 3 * TW; idx += THREADS) {
+        int i = idx / TW;
+        int f = idx - i * TW - 1;
         int m = 2 * ho + i - 1;
-        #pragma unroll
-        for (int j = 0; j < 3; ++j) {
-            int f = 2 * static_cast<int>(wo) + j - 1;
-            bool inside = m >= 0 && m < MEL && f >= 0 && f < FRAMES;
-            patch[3 * i + j] = inside ? static_cast<float>(chunks[(n * FRAMES + f) * MEL + m]) : 0.0f;
-        }
+        bool inside = m >= 0 && m < MEL && f >= 0 && f < FRAMES;
+        tile[idx] = inside ? static_cast<float>(chunks[(static_cast<long long>(n) * FRAMES + f) * MEL + m]) : 0.0f;
     }
-    float acc[8];
-    #pragma unroll
-    for (int c = 0; c < 8; ++c) acc[c] = 0.0f;
+    __syncthreads();
+    int g = threadIdx.x % G;
+    int sub = threadIdx.x / G;
+    if (sub >= SUB) return;
+    float w[9][8];
     #pragma unroll
     for (int k = 0; k < 9; ++k) {
-        const float4* w = reinterpret_cast<const float4*>(weight + k * O + 8 * g);
-        float4 lo = w[0], hi = w[1];
-        float p = patch[k];
-        acc[0] += p * lo.x; acc[1] += p * lo.y; acc[2] += p * lo.z; acc[3] += p * lo.w;
-        acc[4] += p * hi.x; acc[5] += p * hi.y; acc[6] += p * hi.z; acc[7] += p * hi.w;
+        const float4* wk = reinterpret_cast<const float4*>(weight + k * O + 8 * g);
+        float4 lo = wk[0], hi = wk[1];
+        w[k][0] = lo.x; w[k][1] = lo.y; w[k][2] = lo.z; w[k][3] = lo.w;
+        w[k][4] = hi.x; w[k][5] = hi.y; w[k][6] = hi.z; w[k][7] = hi.w;
     }
-    const float4* b = reinterpret_cast<const float4*>(bias + 8 * g);
-    float4 blo = b[0], bhi = b[1];
+    const float4* bp = reinterpret_cast<const float4*>(bias + 8 * g);
+    float4 blo = bp[0], bhi = bp[1];
     float bs[8] = {blo.x, blo.y, blo.z, blo.w, bhi.x, bhi.y, bhi.z, bhi.w};
-    bool keep = static_cast<int>(wo) < lengths[n];
-    alignas(16) T out[8];
-    #pragma unroll
-    for (int c = 0; c < 8; ++c) {
-        float y = static_cast<float>(static_cast<T>(acc[c] + bs[c]));
-        out[c] = keep ? static_cast<T>(0.5f * y * (1.0f + erff(y * 0.7071067811865476f))) : static_cast<T>(0.0f);
+    int kept = lengths[n];
+    T* out_row = act + (static_cast<long long>(row) * WO) * O + 8 * g;
+    for (int wo = sub; wo < WO; wo += SUB) {
+        alignas(16) T out[8];
+        if (wo < kept) {
+            float p[9];
+            #pragma unroll
+            for (int i = 0; i < 3; ++i) {
+                #pragma unroll
+                for (int j = 0; j < 3; ++j) p[3 * i + j] = tile[i * TW + 2 * wo + j];
+            }
+            #pragma unroll
+            for (int c = 0; c < 8; ++c) {
+                float acc = 0.0f;
+                #pragma unroll
+                for (int k = 0; k < 9; ++k) acc += p[k] * w[k][c];
+                out[c] = static_cast<T>(gelu_erf(static_cast<float>(static_cast<T>(acc + bs[c]))));
+            }
+        } else {
+            #pragma unroll
+            for (int c = 0; c < 8; ++c) out[c] = static_cast<T>(0.0f);
+        }
+        *reinterpret_cast<uint4*>(out_row + static_cast<long long>(wo) * O) = *reinterpret_cast<const uint4*>(out);
     }
-    *reinterpret_cast<uint4*>(act + static_cast<unsigned long long>(pos) * O + 8 * g) =
-        *reinterpret_cast<const uint4*>(out);
 """
 
 
@@ -223,20 +256,22 @@ _CONV1_GELU = """
 def _conv1_kernel() -> Any:
     return mx.fast.cuda_kernel(
         name="conv1_gelu",
-        input_names=["chunks", "weight", "bias", "lengths", "dims"],
+        input_names=["chunks", "weight", "bias", "lengths"],
         output_names=["act"],
         source=_CONV1_GELU,
+        header=_GELU_ERF,
     )
 
 
 def conv1_available(conv: nn.Conv2d) -> bool:
     """`conv1_gelu` takes a one-channel 3x3 convolution, stride 2, padding 1, with a multiple of 8 output
-    channels, on an NVIDIA GPU."""
+    channels (at most 8,192), on an NVIDIA GPU."""
     out_channels, kh, kw, in_channels = conv.weight.shape  # MLX keeps [O, kH, kW, I]
     return (
         on_cuda()
         and (in_channels, kh, kw) == (1, 3, 3)
         and out_channels % 8 == 0
+        and out_channels // 8 <= 1024  # a block's threads
         and tuple(conv.stride) == (2, 2)
         and tuple(conv.padding) == (1, 1)
     )
@@ -251,11 +286,80 @@ def conv1_gelu(chunks: mx.array, weight: mx.array, bias: mx.array, lengths: np.n
     out = weight.shape[1]
     ho, wo = (mel - 1) // 2 + 1, (frames - 1) // 2 + 1
     kept = np.full(n, wo, np.int32) if lengths is None else np.asarray(lengths, np.int32)
+    threads = out // 8 * max(1, CONV1_THREADS // (out // 8))  # whole groups of 8 channels per frame
     return _conv1_kernel()(
-        inputs=[chunks, weight, bias, mx.array(kept), _constant((n,), mx.int32)],
-        template=[("T", chunks.dtype), ("O", out), ("MEL", mel), ("FRAMES", frames)],
-        grid=(n * ho * wo * (out // 8), 1, 1),
-        threadgroup=(256, 1, 1),
+        inputs=[chunks, weight, bias, mx.array(kept)],
+        template=[("T", chunks.dtype), ("O", out), ("MEL", mel), ("FRAMES", frames), ("THREADS", threads)],
+        grid=(n * ho * threads, 1, 1),  # a block per (chunk, output mel row)
+        threadgroup=(threads, 1, 1),
         output_shapes=[(n, ho, wo, out)],
         output_dtypes=[chunks.dtype],
+    )[0]
+
+
+# Bias, exact GELU and (for the front end's convolutions) the mask of frames past a chunk's end, as one pass
+# over a product's or convolution's output, eight values (16 bytes) per thread. MLX's compiled kernels for the
+# same (the encoder's fc1: 44 ms of a 1,123-ms pass with one batch thread; the 480-channel convolutions: 17 ms)
+# ran erff, whose two paths both run wherever a warp's values fall on both sides of |x| = 1. Roundings as the
+# ops: x + bias rounded to T, then GELU in float32 rounded to T.
+_BIAS_GELU = """
+    constexpr int V = C / 8;
+    auto v = cooperative_groups::this_grid().thread_rank();
+    if (v >= static_cast<unsigned long long>(dims[0])) return;
+    int c = static_cast<int>(v % V) * 8;
+    bool keep = true;
+    if constexpr (MASKED) {
+        unsigned long long at = v / V;  // (n, h, w) of the value's position, NHWC
+        keep = static_cast<int>(at % W) < lengths[at / (static_cast<unsigned long long>(W) * H)];
+    }
+    alignas(16) T out[8];
+    if (keep) {
+        alignas(16) T in[8];
+        alignas(16) T b[8];
+        *reinterpret_cast<uint4*>(in) = *reinterpret_cast<const uint4*>(x + v * 8);
+        *reinterpret_cast<uint4*>(b) = *reinterpret_cast<const uint4*>(bias + c);
+        #pragma unroll
+        for (int j = 0; j < 8; ++j) {
+            float y = static_cast<float>(static_cast<T>(static_cast<float>(in[j]) + static_cast<float>(b[j])));
+            out[j] = static_cast<T>(gelu_erf(y));
+        }
+    } else {
+        #pragma unroll
+        for (int j = 0; j < 8; ++j) out[j] = static_cast<T>(0.0f);
+    }
+    *reinterpret_cast<uint4*>(act + v * 8) = *reinterpret_cast<const uint4*>(out);
+"""
+
+
+@cache
+def _bias_gelu_kernel() -> Any:
+    return mx.fast.cuda_kernel(
+        name="bias_gelu",
+        input_names=["x", "bias", "lengths", "dims"],
+        output_names=["act"],
+        source=_BIAS_GELU,
+        header=_GELU_ERF,
+    )
+
+
+def bias_gelu_available(x: mx.array) -> bool:
+    """`bias_gelu` takes half-precision values whose last axis is a multiple of 8, on an NVIDIA GPU."""
+    return on_cuda() and x.dtype in (mx.float16, mx.bfloat16) and x.shape[-1] % 8 == 0
+
+
+def bias_gelu(x: mx.array, bias: mx.array, lengths: np.ndarray | None = None) -> mx.array:
+    """GELU(x + bias) for x (..., C) and bias (C,); with `lengths` (N,), x is NHWC (N, H, W, C) and values at
+    frames w >= lengths[n] are zeroed (the convolutions' mask of a chunk's padding)."""
+    channels = x.shape[-1]
+    masked = lengths is not None
+    h, w = x.shape[1:3] if masked else (1, 1)
+    kept = mx.array(np.asarray(lengths, np.int32)) if masked else _constant((0,), mx.int32)
+    vectors = x.size // 8
+    return _bias_gelu_kernel()(
+        inputs=[x, bias.astype(x.dtype), kept, _constant((vectors,), mx.int32)],
+        template=[("T", x.dtype), ("C", channels), ("MASKED", masked), ("H", h), ("W", w)],
+        grid=(vectors, 1, 1),
+        threadgroup=(256, 1, 1),
+        output_shapes=[x.shape],
+        output_dtypes=[x.dtype],
     )[0]

@@ -32,6 +32,9 @@ FP16_CLAMP = 65504.0 - 1000.0
 # Whether an NVIDIA GPU runs the first convolution with its GELU as one kernel (`cuda_kernels.conv1_gelu`);
 # False keeps the im2col product and MLX ops (the A/B baseline).
 FUSED_CONV1 = True
+# Whether an NVIDIA GPU adds the bias of the 480-channel convolutions and of each layer's fc1 in one kernel with
+# their exact GELU (and the convolutions' mask), `cuda_kernels.bias_gelu`; False keeps MLX's compiled kernels.
+FUSED_GELU = True
 
 
 @lru_cache(maxsize=8)
@@ -116,7 +119,16 @@ class AudioEncoderLayer(nn.Module):
     def rest(self, x: mx.array, o: mx.array) -> mx.array:
         """Everything after the attention core: output projection, residuals, MLP."""
         x = x + self.self_attn.merge(o)
-        x = x + self.fc2(gelu(self.fc1(self.final_layer_norm(x))))
+        return self.tail(x, gelu(self.fc1(self.final_layer_norm(x))))
+
+    def mid(self, x: mx.array, o: mx.array) -> tuple[mx.array, mx.array]:
+        """`rest` up to fc1's product, without its bias: the residual stream and fc1's product."""
+        x = x + self.self_attn.merge(o)
+        return x, self.final_layer_norm(x) @ self.fc1.weight.T
+
+    def tail(self, x: mx.array, act: mx.array) -> mx.array:
+        """`rest` from the MLP's activation `act` on: fc2 and the residual."""
+        x = x + self.fc2(act)
         if x.dtype == mx.float16:  # the official fp16 guard; a no-op in other dtypes
             x = mx.clip(x, -FP16_CLAMP, FP16_CLAMP)
         return x
@@ -124,7 +136,9 @@ class AudioEncoderLayer(nn.Module):
 
 class _Compiled:
     """A layer's forward with the parts before and after the attention core `mx.compile`d (a plain
-    attribute, not a parameter), built lazily per row length.
+    attribute, not a parameter), built lazily per row length. On an NVIDIA GPU the part after the attention core
+    is cut at fc1's product, whose bias and GELU run as one kernel of ours (`cuda_kernels.bias_gelu`: a custom
+    kernel's output shape is fixed where it is called, so it stays out of the shapeless traces).
 
     Shapeless: one trace serves every row count. The attention core stays outside: MLX's CUDA SDPA with a
     mask does not trace shapelessly (its mask broadcast keeps the traced shape). The layer is the compiled
@@ -138,6 +152,8 @@ class _Compiled:
         self.layer = layer
         self.by_width: dict[int, Callable[[mx.array], tuple[mx.array, mx.array, mx.array]]] = {}
         self.rest = mx.compile(layer.rest, inputs=layer, shapeless=True)
+        self.mid = mx.compile(layer.mid, inputs=layer, shapeless=True)
+        self.tail = mx.compile(layer.tail, inputs=layer, shapeless=True)
         self.lock = threading.Lock()
 
     def __call__(self, x: mx.array, bias: mx.array) -> mx.array:
@@ -147,7 +163,11 @@ class _Compiled:
                 qkv = partial(self.layer.qkv, width=width)
                 self.by_width[width] = mx.compile(qkv, inputs=self.layer, shapeless=True)
             q, k, v = self.by_width[width](x)
-            return self.rest(x, attention(q, k, v, self.layer.self_attn.scale, bias))
+            o = attention(q, k, v, self.layer.self_attn.scale, bias)
+            if FUSED_GELU and cuda_kernels.bias_gelu_available(x):
+                x, h = self.mid(x, o)
+                return self.tail(x, cuda_kernels.bias_gelu(h, self.layer.fc1.bias))
+            return self.rest(x, o)
 
 
 def conv3x3_s2(conv: nn.Conv2d, x: mx.array) -> mx.array:
@@ -264,6 +284,8 @@ class AudioEncoder(nn.Module):
             out_lengths = None if lengths is None else (lengths - 1) // 2 + 1
             if conv is self.conv2d1 and FUSED_CONV1 and cuda_kernels.conv1_available(conv):
                 x = cuda_kernels.conv1_gelu(chunks, *taps_by_row(conv), out_lengths)
+            elif conv is not self.conv2d1 and FUSED_GELU and cuda_kernels.bias_gelu_available(x):
+                x = cuda_kernels.bias_gelu(_conv_no_bias(conv, x), conv.bias, out_lengths)
             else:
                 keep = None
                 if out_lengths is not None:
