@@ -1,13 +1,18 @@
-"""Two microbenchmarks behind docs/performance.md, for the device machine (MLX's CUDA build):
+"""Microbenchmarks behind docs/performance.md, for the device machine (MLX's CUDA build):
 
 - `encode`: MLX's host cost of encoding kernels (`mx.async_eval`, the work a batch thread does before it waits),
   per op kind and per whole decoder / encoder layer, warm, the same shapes repeated (so the buffer cache hits).
 - `conv1`: the encoder's first convolution with its GELU and length mask, the fused CUDA kernel
   (`cuda_kernels.conv1_gelu`) against the MLX ops it replaces, alone, with their largest difference.
+- `hostwrites`: the first-conv and bias + GELU kernels' device time (CUPTI, through torch.profiler) with and
+  without another thread making MLX arrays from host data meanwhile, as a batch thread does while its
+  convolution pieces run, and with the kernels' small arguments (lengths, sizes) made from host data (CUDA
+  managed memory, as shipped) or copied into device memory first. The eighth session's question: the first-conv
+  kernel took 0.70-0.74 ms per 256 chunks alone and 2.2 ms inside a pass (docs/performance.md).
 
-    python scripts/bench_gpu_ops.py [encode] [conv1]
+    python scripts/bench_gpu_ops.py [encode] [conv1] [hostwrites]
 
-Both print per-op figures; none of them is a pass's time (see scripts/gpu_timeline.py for that).
+They print per-op figures; none of them is a pass's time (see scripts/gpu_timeline.py for that).
 """
 
 from __future__ import annotations
@@ -15,9 +20,15 @@ from __future__ import annotations
 import corpus_aligner  # noqa: F401  (loads OpenBLAS before MLX: keep this import first)
 
 # isort: split
+import collections
+import json
 import sys
+import tempfile
+import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -150,12 +161,93 @@ def bench_conv1(chunks_n: int = 256, reps: int = 20) -> None:
         )
 
 
+class DeviceArgs:
+    """Stands in for `mlx.core` inside `cuda_kernels`: an array made from host data is copied into device memory
+    (`+ 0`, padded past 8 bytes, the size up to which MLX keeps arrays in its managed small pool)."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(mx, name)
+
+    @staticmethod
+    def array(values: Any, dtype: Any = None) -> mx.array:
+        host = mx.array(values, dtype) if dtype is not None else mx.array(values)
+        if host.ndim > 1 or host.nbytes > 8:
+            return host + 0
+        flat = host.reshape(-1)
+        return mx.concatenate([flat, mx.zeros((16 // flat.itemsize,), flat.dtype)]) + 0
+
+
+def bench_host_writes(chunks_n: int = 256, reps: int = 4) -> None:
+    from torch.profiler import ProfilerActivity, profile  # the device machine's torch, for CUPTI
+
+    mx.random.seed(0)
+    enc = encoder.AudioEncoder(EncoderArgs())
+    enc.set_dtype(mx.float16)
+    mx.eval(enc.parameters())
+    if not cuda_kernels.conv1_available(enc.conv2d1):
+        print("hostwrites: needs MLX's CUDA build and an NVIDIA GPU")
+        return
+    weight, bias = encoder.taps_by_row(enc.conv2d1)
+    chunks = mx.random.normal((chunks_n, 100, 128)).astype(mx.float16)
+    conv2_out = mx.random.normal((chunks_n, 32, 25, 480)).astype(mx.float16)
+    lengths1, lengths2 = np.full(chunks_n, 50), np.full(chunks_n, 25)
+    lengths1[::7], lengths2[::7] = 17, 9  # some chunks end early, as a clip's last one does
+    mx.eval(chunks, conv2_out)
+
+    def work() -> None:  # five pieces, each scheduled before the next is built, as `AudioEncoder.downsample`
+        outs = []
+        for _ in range(5):
+            a = cuda_kernels.conv1_gelu(chunks, weight, bias, lengths1)
+            g = cuda_kernels.bias_gelu(conv2_out, enc.conv2d2.bias, lengths2)
+            mx.async_eval(a, g)
+            outs += [a, g]
+        mx.eval(*outs)
+
+    def host_writes(stop: threading.Event) -> None:
+        rng, kept = np.random.default_rng(1), []
+        while not stop.is_set():
+            kept += [mx.array(rng.integers(0, 100, 256).astype(np.int32)), mx.array(float(rng.random()), mx.float32)]
+            kept = kept[-30:]
+
+    for _ in range(2):
+        for device_args, host in ((False, False), (False, True), (True, True), (True, False)):
+            cuda_kernels.mx = DeviceArgs() if device_args else mx  # type: ignore[assignment]
+            cuda_kernels._constant.cache_clear()
+            work()
+            stop = threading.Event()
+            writer = threading.Thread(target=host_writes, args=(stop,), daemon=True)
+            if host:
+                writer.start()
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                t0 = time.perf_counter()
+                for _ in range(reps):
+                    work()
+                wall = (time.perf_counter() - t0) / reps
+            stop.set()
+            if host:
+                writer.join()
+            trace = Path(tempfile.mkdtemp()) / "trace.json"
+            prof.export_chrome_trace(str(trace))
+            total, count = collections.defaultdict(float), collections.Counter()
+            for e in json.loads(trace.read_text())["traceEvents"]:
+                if e.get("cat") == "kernel":
+                    kind = next((k for k in ("conv1_gelu", "bias_gelu") if k in e["name"]), "other")
+                    total[kind] += e["dur"]
+                    count[kind] += 1
+            label = f"{'device' if device_args else 'managed'} args, {'host writing' if host else 'no host writes'}"
+            print(f"hostwrites {label:30s} wall/rep {1e3 * wall:7.2f} ms | " + " | ".join(
+                f"{k} {total[k] / count[k]:.0f} us x{count[k]}" for k in total), flush=True)  # fmt: skip
+    cuda_kernels.mx = mx  # type: ignore[assignment]
+
+
 def main() -> None:
     which = sys.argv[1:] or ["encode", "conv1"]
     if "encode" in which:
         bench_encode()
     if "conv1" in which:
         bench_conv1()
+    if "hostwrites" in which:
+        bench_host_writes()
     print(f"MLX cache {mx.get_cache_memory() / 2**30:.1f} GiB, limit {mx.get_memory_limit() / 2**30:.1f} GiB")
 
 
