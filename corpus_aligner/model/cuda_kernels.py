@@ -166,14 +166,14 @@ def qkv_norm_rope(
 
 # The encoder's first convolution (one input channel, 3x3, stride 2, padding 1) with its bias, exact GELU and
 # the mask of frames past a chunk's end. As MLX ops it was nine strided tap copies, a K = 9 product (a `cutlass
-# ... align1` kernel) and a GELU pass over its 1.5 M values per chunk. A first fused kernel, one thread per
-# (output position, 8 channels), ran 2.5 ms per call inside a pass (one batch thread, 139 ms of a 1,123-ms pass,
-# the largest kernel after the decoder's products; docs/performance.md, eighth session): each thread loaded
-# its 72 weights and 9 input values for 8 outputs, and erff's two paths both ran wherever a warp's values
-# fell on both sides of |x| = 1. Here a block takes one output mel row of one chunk: its three input rows
-# are staged in shared memory, each thread keeps its 8 channels' weights and bias in registers for all the
-# row's frames, and GELU's erf is branch-free (`gelu_erf`). Roundings as the ops: the product summed in
-# float32 and rounded to T with its bias, then GELU in float32 rounded to T.
+# ... align1` kernel) and a GELU pass over its 1.5 M values per chunk (2.2 ms per 256 chunks alone on an H200).
+# A first fused kernel, one thread per (output position, 8 channels), loaded 72 weights and 9 input values
+# for every 8 outputs, and erff's two paths both ran wherever a warp's values fell on both sides of |x| = 1:
+# 1.4-1.8 ms alone. Here a block takes one output mel row of one chunk: its three input rows are staged in
+# shared memory, each thread keeps its 8 channels' weights and bias in registers for all the row's frames,
+# and GELU's erf is branch-free (`gelu_erf`): 0.9 ms alone. Inside a pass both run slower (2.5 and 2.2 ms per
+# call, docs/performance.md, eighth session; why is open). Roundings as the ops: the product summed in float32
+# and rounded to T with its bias, then GELU in float32 rounded to T.
 CONV1_THREADS = 240  # per block at most: 480 channels give 60 groups of 8 x 4 frames at a time
 
 _GELU_ERF = """
