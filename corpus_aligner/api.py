@@ -28,6 +28,7 @@ from corpus_aligner.errors import AlignerError, AudioError, TooLongError
 from corpus_aligner.frontend import log_mel
 from corpus_aligner.mlx_threads import worker_threads
 from corpus_aligner.model import ForcedAligner, bf16_matmul
+from corpus_aligner.model.device_arrays import device_array
 from corpus_aligner.model.encoder import EncoderPlan, audio_token_count, plan_batch
 from corpus_aligner.model_processes import ModelProcesses, ProcessSpec
 from corpus_aligner.normalize import split_words
@@ -297,11 +298,12 @@ class Aligner:
         m = inputs.model
         if m is None:
             return np.zeros((0, 0), np.int64), np.zeros((0, 0), np.float32)
-        logits = self.model(mx.array(m.input_ids), mx.array(m.audio_src), mx.array(m.slots), m.plan)
+        ids, src, slots = (device_array(a) for a in (m.input_ids, m.audio_src, m.slots))
+        logits = self.model(ids, src, slots, m.plan)
         logits = logits.astype(mx.float32)
         classes = mx.argmax(logits, axis=-1)
         top = mx.max(logits, axis=-1, keepdims=True)
-        probs = 1.0 / mx.sum(mx.exp(logits - top), axis=-1)
+        probs = mx.reciprocal(mx.sum(mx.exp(logits - top), axis=-1))
         mx.eval(classes, probs)
         return np.array(classes), np.array(probs)
 

@@ -7,8 +7,9 @@
 - `hostwrites`: the first-conv and bias + GELU kernels' device time (CUPTI, through torch.profiler) with and
   without another thread making MLX arrays from host data meanwhile, as a batch thread does while its
   convolution pieces run, and with the kernels' small arguments (lengths, sizes) made from host data (CUDA
-  managed memory, as shipped) or copied into device memory first. The eighth session's question: the first-conv
-  kernel took 0.70-0.74 ms per 256 chunks alone and 2.2 ms inside a pass (docs/performance.md).
+  managed memory, as before the ninth session) or copied into device memory (`device_arrays`, as shipped). The
+  eighth session's question: the first-conv kernel took 0.70-0.74 ms per 256 chunks alone and 2.2 ms inside a
+  pass (docs/performance.md).
 
     python scripts/bench_gpu_ops.py [encode] [conv1] [hostwrites]
 
@@ -27,6 +28,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +36,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from corpus_aligner.model import cuda_kernels, decoder, encoder
+from corpus_aligner.model import cuda_kernels, decoder, device_arrays, encoder
 from corpus_aligner.model.args import DecoderArgs, EncoderArgs
 
 Graph = Callable[[], object]
@@ -161,20 +163,18 @@ def bench_conv1(chunks_n: int = 256, reps: int = 20) -> None:
         )
 
 
-class DeviceArgs:
-    """Stands in for `mlx.core` inside `cuda_kernels`: an array made from host data is copied into device memory
-    (`+ 0`, padded past 8 bytes, the size up to which MLX keeps arrays in its managed small pool)."""
+@cache
+def _managed_constant(values: Any, dtype: mx.Dtype) -> mx.array:
+    a = mx.array(values, dtype)
+    mx.eval(a)
+    return a
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(mx, name)
 
-    @staticmethod
-    def array(values: Any, dtype: Any = None) -> mx.array:
-        host = mx.array(values, dtype) if dtype is not None else mx.array(values)
-        if host.ndim > 1 or host.nbytes > 8:
-            return host + 0
-        flat = host.reshape(-1)
-        return mx.concatenate([flat, mx.zeros((16 // flat.itemsize,), flat.dtype)]) + 0
+def use_managed_args(managed: bool) -> None:
+    """managed: the custom kernels take their small arguments as MLX makes them from host data (CUDA managed
+    memory), as before the ninth session; otherwise as copies in device memory (`device_arrays`)."""
+    cuda_kernels.device_array = mx.array if managed else device_arrays.device_array  # type: ignore[assignment]
+    cuda_kernels.constant = _managed_constant if managed else device_arrays.constant  # type: ignore[assignment]
 
 
 def bench_host_writes(chunks_n: int = 256, reps: int = 4) -> None:
@@ -211,8 +211,7 @@ def bench_host_writes(chunks_n: int = 256, reps: int = 4) -> None:
 
     for _ in range(2):
         for device_args, host in ((False, False), (False, True), (True, True), (True, False)):
-            cuda_kernels.mx = DeviceArgs() if device_args else mx  # type: ignore[assignment]
-            cuda_kernels._constant.cache_clear()
+            use_managed_args(not device_args)
             work()
             stop = threading.Event()
             writer = threading.Thread(target=host_writes, args=(stop,), daemon=True)
@@ -237,7 +236,7 @@ def bench_host_writes(chunks_n: int = 256, reps: int = 4) -> None:
             label = f"{'device' if device_args else 'managed'} args, {'host writing' if host else 'no host writes'}"
             print(f"hostwrites {label:30s} wall/rep {1e3 * wall:7.2f} ms | " + " | ".join(
                 f"{k} {total[k] / count[k]:.0f} us x{count[k]}" for k in total), flush=True)  # fmt: skip
-    cuda_kernels.mx = mx  # type: ignore[assignment]
+    use_managed_args(False)
 
 
 def main() -> None:

@@ -12,6 +12,7 @@ import mlx.nn as nn
 from corpus_aligner.model import bf16_matmul
 from corpus_aligner.model.args import AlignerArgs
 from corpus_aligner.model.decoder import TextModel
+from corpus_aligner.model.device_arrays import constant
 from corpus_aligner.model.encoder import AudioEncoder, EncoderPlan
 
 CHECKPOINT_PREFIX = "thinker."
@@ -35,8 +36,9 @@ class ForcedAligner(nn.Module):
         """
         audio = self.audio_tower(plan)  # (T, D)
         embeds = self.model.embed_tokens(input_ids)  # (B, S, D)
-        is_audio = (audio_src >= 0)[..., None]
-        embeds = mx.where(is_audio, audio.astype(embeds.dtype)[mx.maximum(audio_src, 0)], embeds)
+        zero = constant(0, audio_src.dtype)  # not a Python 0: `device_arrays`
+        is_audio = (audio_src >= zero)[..., None]
+        embeds = mx.where(is_audio, audio.astype(embeds.dtype)[mx.maximum(audio_src, zero)], embeds)
         hidden = self.model(embeds, rows=slots)  # (B, K, D)
         return self.lm_head(self.model.norm(hidden))
 

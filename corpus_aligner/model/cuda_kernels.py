@@ -22,6 +22,8 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
+from corpus_aligner.model.device_arrays import constant, device_array, on_cuda
+
 # HD / 8 threads per (token, head), eight neighbouring elements each, read and written as 16 bytes (0.35 ms
 # at the bench's largest batch on an H200, 2.0 TB/s, where a warp per (token, head) reading 2 bytes a lane
 # took 0.37). The rotate-half partner of a thread's elements sits in the thread HD / 16 lanes away, and
@@ -89,10 +91,6 @@ def available(head_dim: int) -> bool:
     return head_dim in HEAD_DIMS and on_cuda()
 
 
-def on_cuda() -> bool:
-    return mx.default_device() == mx.gpu and mx.cuda.is_available()
-
-
 @cache
 def _qkv_kernel() -> Any:
     return mx.fast.cuda_kernel(
@@ -120,14 +118,6 @@ def rope_table(length: int, head_dim: int, base: float) -> mx.array:
     return table
 
 
-@lru_cache(maxsize=256)
-def _constant(values: tuple[float | int, ...], dtype: mx.Dtype) -> mx.array:
-    """A small read-only kernel argument, made once: a fresh array per call costs a host-to-device copy."""
-    a = mx.array(values, dtype)
-    mx.eval(a)
-    return a
-
-
 def qkv_norm_rope(
     qkv: mx.array,
     q_weight: mx.array,
@@ -152,8 +142,8 @@ def qkv_norm_rope(
                 q_weight,
                 k_weight,
                 rope_table(S, hd, base),
-                _constant((eps,), mx.float32),
-                _constant((S, tokens), mx.int32),
+                constant((eps,), mx.float32),
+                constant((S, tokens), mx.int32),
             ],
             template=[("T", qkv.dtype), ("H", heads), ("KV", kv_heads), ("HD", hd)],
             grid=(tokens * (heads + 2 * kv_heads) * (hd // 8), 1, 1),
@@ -171,8 +161,9 @@ def qkv_norm_rope(
 # for every 8 outputs, and erff's two paths both ran wherever a warp's values fell on both sides of |x| = 1:
 # 1.4-1.8 ms alone. Here a block takes one output mel row of one chunk: its three input rows are staged in
 # shared memory, each thread keeps its 8 channels' weights and bias in registers for all the row's frames,
-# and GELU's erf is branch-free (`gelu_erf`): 0.9 ms alone. Inside a pass both run slower (2.5 and 2.2 ms per
-# call, docs/performance.md, eighth session; why is open). Roundings as the ops: the product summed in float32
+# and GELU's erf is branch-free (`gelu_erf`): 0.9 ms alone. Inside a pass both ran at 2.5 and 2.2 ms per call:
+# they read the features and lengths from managed memory the host was writing beside them; from device memory
+# (`device_arrays`) 0.63 ms (docs/performance.md, ninth session). Roundings as the ops: the product summed in float32
 # and rounded to T with its bias, then GELU in float32 rounded to T.
 CONV1_THREADS = 240  # per block at most: 480 channels give 60 groups of 8 x 4 frames at a time
 
@@ -288,7 +279,7 @@ def conv1_gelu(chunks: mx.array, weight: mx.array, bias: mx.array, lengths: np.n
     kept = np.full(n, wo, np.int32) if lengths is None else np.asarray(lengths, np.int32)
     threads = out // 8 * max(1, CONV1_THREADS // (out // 8))  # whole groups of 8 channels per frame
     return _conv1_kernel()(
-        inputs=[chunks, weight, bias, mx.array(kept)],
+        inputs=[chunks, weight, bias, device_array(kept)],
         template=[("T", chunks.dtype), ("O", out), ("MEL", mel), ("FRAMES", frames), ("THREADS", threads)],
         grid=(n * ho * threads, 1, 1),  # a block per (chunk, output mel row)
         threadgroup=(threads, 1, 1),
@@ -353,10 +344,10 @@ def bias_gelu(x: mx.array, bias: mx.array, lengths: np.ndarray | None = None) ->
     channels = x.shape[-1]
     masked = lengths is not None
     h, w = x.shape[1:3] if masked else (1, 1)
-    kept = mx.array(np.asarray(lengths, np.int32)) if masked else _constant((0,), mx.int32)
+    kept = device_array(np.asarray(lengths, np.int32)) if masked else constant((0,), mx.int32)
     vectors = x.size // 8
     return _bias_gelu_kernel()(
-        inputs=[x, bias.astype(x.dtype), kept, _constant((vectors,), mx.int32)],
+        inputs=[x, bias.astype(x.dtype), kept, constant((vectors,), mx.int32)],
         template=[("T", x.dtype), ("C", channels), ("MASKED", masked), ("H", h), ("W", w)],
         grid=(vectors, 1, 1),
         threadgroup=(256, 1, 1),

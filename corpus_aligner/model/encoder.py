@@ -19,6 +19,7 @@ import numpy as np
 
 from corpus_aligner.model import bf16_matmul, cpu_attention, cuda_kernels, derived, fastmath
 from corpus_aligner.model.args import EncoderArgs
+from corpus_aligner.model.device_arrays import constant, device_array
 from corpus_aligner.model.plan import (  # noqa: F401  (re-exported: the plan is part of the encoder's API)
     ENCODER_ATTENTION_MODES,
     EncoderPlan,
@@ -93,7 +94,7 @@ def window_bias(slot_window: mx.array, dtype: mx.Dtype) -> mx.array:
     """(R, L) window of each slot -> (R, 1, L, L) additive mask: 0 where query and key share a window.
     Padding slots (-1) see each other only, so no row of scores is all -inf."""
     same = slot_window[:, None, :, None] == slot_window[:, None, None, :]
-    return mx.where(same, mx.array(0.0, dtype), mx.array(-mx.inf, dtype))
+    return mx.where(same, constant(0.0, dtype), constant(-mx.inf, dtype))
 
 
 class AudioEncoderLayer(nn.Module):
@@ -301,12 +302,14 @@ class AudioEncoder(nn.Module):
     def __call__(self, plan: EncoderPlan) -> mx.array:
         """All valid audio tokens of the batch, clip after clip: (sum(tokens_per_clip), output_dim)."""
         dtype = self.conv2d1.weight.dtype
-        x = self.downsample(mx.array(plan.chunks).astype(dtype), plan.conv_lengths, plan.conv_piece)
-        x = x.reshape(-1, x.shape[-1])[mx.array(plan.slot_src)]  # (rows * width, D): enter the window rows
-        bias = window_bias(mx.array(plan.slot_window), x.dtype)
+        chunks = mx.array(plan.chunks)  # a cast to the model's dtype copies into device memory anyway
+        chunks = chunks.astype(dtype) if chunks.dtype != dtype else device_array(chunks)
+        x = self.downsample(chunks, plan.conv_lengths, plan.conv_piece)
+        x = x.reshape(-1, x.shape[-1])[device_array(plan.slot_src)]  # (rows * width, D): enter the window rows
+        bias = window_bias(device_array(plan.slot_window), x.dtype)
         compiled = not fastmath.use_fast_math()  # the CPU's numpy attention core cannot be traced
         for layer in self.layers:
             x = layer.compiled(x, bias) if compiled else layer(x, bias)
-        x = x[mx.array(plan.token_slot)]  # (T, D): leave them, clip after clip
+        x = x[device_array(plan.token_slot)]  # (T, D): leave them, clip after clip
         x = self.ln_post(x)
         return self.proj2(gelu(self.proj1(x)))
