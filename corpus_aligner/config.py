@@ -82,7 +82,8 @@ class BatchConfig:
     writer_processes: int = 0
     # Model passes in this many spawned processes, each with its own copy of the weights and its share of
     # the GPU memory limit; 1: in this process. On an H200 three ran model-only within noise of one (8,401 vs
-    # 8,131 audio-s/s), so it stays 1 (docs/performance.md, seventh session).
+    # 8,131 audio-s/s), and slower since the kernels read their inputs from device memory (9,163 vs 9,585), so
+    # it stays 1 (docs/performance.md, seventh and ninth sessions).
     model_processes: int = 1
 
 

@@ -5,8 +5,9 @@ kernels run side by side, each slower next to the other's; separate processes en
 time-slices their contexts. One H200, the bench's 1x corpus, model-only: three processes that each hold
 their share of the batches (`scripts/bench_procs.py`) ran 9,280-9,370 audio-s/s against 7,565-8,178 for one
 process of two threads, but through this pool (batches to whichever process is free, features through
-shared memory) 8,401 on average against 8,131: within the noise so far, so `batch.model_processes` stays 1
-(docs/performance.md, seventh session).
+shared memory) 8,401 on average against 8,131, within the noise; since the kernels read their inputs from
+device memory (`model.device_arrays`) 9,163 against 9,585, slower. So `batch.model_processes` stays 1
+(docs/performance.md, seventh and ninth sessions).
 """
 
 from __future__ import annotations
