@@ -163,3 +163,110 @@ def test_encoder_does_not_depend_on_the_bias_gelu_switch(monkeypatch: pytest.Mon
     for got, want in zip(outs[True], outs[False]):
         np.testing.assert_allclose(got, want, atol=0.02 * np.abs(want).max())
         assert np.abs(got - want).mean() < 2e-3 * np.abs(want).mean()
+
+
+@pytest.mark.parametrize("dtype", [mx.bfloat16, mx.float16])
+@pytest.mark.parametrize("shape", [(3, 37, 1024), (5, 256)])
+@pytest.mark.parametrize("kind", ["rms", "layer", "layer_clamped"])
+def test_add_norm_matches_mlx_ops(dtype: mx.Dtype, shape: tuple[int, ...], kind: str) -> None:
+    mx.random.seed(7)
+    x = (4 * mx.random.normal(shape)).astype(dtype)
+    y = mx.random.normal(shape).astype(dtype)
+    if kind == "layer_clamped":  # values past the limit on both sides
+        x = x + mx.array(np.where(np.arange(shape[-1]) % 3 == 0, 70.0, -70.0), dtype)
+    weight = (1.0 + 0.5 * mx.random.normal(shape[-1:])).astype(dtype)  # away from 1: a skipped weight shows
+    bias = None if kind == "rms" else (2.0 * mx.random.normal(shape[-1:])).astype(dtype)
+    limit = 60.0 if kind == "layer_clamped" else None
+    s, normed = cuda_kernels.add_norm(x, y, weight, 1e-5, bias, limit)
+    want_s = x + y
+    if limit is not None:
+        want_s = mx.clip(want_s, -limit, limit)
+    want = mx.fast.rms_norm(want_s, weight, 1e-5) if bias is None else mx.fast.layer_norm(want_s, weight, bias, 1e-5)
+    assert s.shape == normed.shape == tuple(shape) and s.dtype == normed.dtype == dtype
+    assert mx.array_equal(s, want_s).item()  # the residual stream: the same bits as MLX's ops
+    a, b = np.array(normed.astype(mx.float32)), np.array(want.astype(mx.float32))
+    # the same roundings as MLX's norm; only the sums are taken in another order (clamped rows repeat one value,
+    # so one flipped rounding there flips a third of the row: about one bfloat16 step on average)
+    np.testing.assert_allclose(a, b, atol=1e-2 * np.abs(b).max())
+    assert np.abs(a - b).mean() < 2e-3 * np.abs(b).mean()
+
+
+@pytest.mark.parametrize("dtype", [mx.bfloat16, mx.float16])
+def test_silu_gate_matches_mlx_ops(dtype: mx.Dtype) -> None:
+    mx.random.seed(11)
+    h = (3 * mx.random.normal((2, 29, 2 * 3072))).astype(dtype)
+    got = cuda_kernels.silu_gate(h)
+    gate, up = h[..., :3072], h[..., 3072:]
+    want = nn.silu(gate) * up
+    assert got.shape == want.shape == (2, 29, 3072) and got.dtype == dtype
+    a, b = np.array(got.astype(mx.float32)), np.array(want.astype(mx.float32))
+    np.testing.assert_allclose(a, b, atol=1e-2 * np.abs(b).max())
+    assert np.abs(a - b).mean() < 1e-3 * np.abs(b).mean()
+
+
+def decoder_model(seed: int) -> decoder.TextModel:
+    mx.random.seed(seed)
+    args = DecoderArgs(hidden_size=256, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, head_dim=128)
+    model = decoder.TextModel(args)
+    model.set_dtype(mx.bfloat16)
+    for layer in model.layers:  # norm weights away from 1, so that a norm with the wrong weight shows
+        for norm in (layer.input_layernorm, layer.post_attention_layernorm):
+            norm.weight = (1.0 + 0.5 * mx.random.normal((args.hidden_size,))).astype(mx.bfloat16)
+    mx.eval(model.parameters())
+    return model
+
+
+@pytest.mark.parametrize("switch", ["FUSED_ADD_NORM", "STACKED_GATE_UP"])
+def test_decoder_does_not_depend_on_the_add_norm_or_gate_up_switch(
+    monkeypatch: pytest.MonkeyPatch, switch: str
+) -> None:
+    """The whole decoder, and its last layer at the timestamp rows only, with and without the kernel."""
+    model = decoder_model(8)
+    x = mx.random.normal((2, 45, 256)).astype(mx.bfloat16)
+    rows = mx.array([[3, 10, 44], [0, 20, 21]])
+    outs = {}
+    for on in (True, False):
+        monkeypatch.setattr(decoder, switch, on)
+        outs[on] = [np.array(y.astype(mx.float32)) for y in (model(x), model(x, rows=rows))]
+    for got, want in zip(outs[True], outs[False]):
+        np.testing.assert_allclose(got, want, atol=0.03 * np.abs(want).max())
+        assert np.abs(got - want).mean() < 3e-3 * np.abs(want).mean()
+
+
+def test_encoder_layer_does_not_depend_on_the_stacked_qkv_switch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """q, k and v from one product with the biases in its epilogue, against three compiled products + adds."""
+    enc, _, _ = full_size_encoder(9)
+    layer = enc.layers[0]
+    for name in ("q_proj", "k_proj", "v_proj"):  # biases that matter, and differ between q, k and v
+        layer.self_attn[name].bias = (0.5 * mx.random.normal((1024,))).astype(mx.float16)
+    x = mx.random.normal((3 * 104, 1024)).astype(mx.float16)
+    window = mx.array(np.tile(np.arange(104) // 52, (3, 1)))
+    bias = encoder.window_bias(window, mx.float16)
+    outs = {}
+    for on in (True, False):
+        monkeypatch.setattr(encoder, "STACKED_QKV", on)
+        layer.compiled = encoder._Compiled(layer)
+        outs[on] = np.array(layer.compiled(x, bias).astype(mx.float32))
+    np.testing.assert_allclose(outs[True], outs[False], atol=0.02 * np.abs(outs[False]).max())
+    assert np.abs(outs[True] - outs[False]).mean() < 2e-3 * np.abs(outs[False]).mean()
+
+
+def test_encoder_layers_do_not_depend_on_the_fused_layers_switch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Three full-size float16 layers: products with epilogue biases and `add_norm` against the compiled parts."""
+    enc, _, _ = full_size_encoder(10)
+    enc.layers = enc.layers[:3]
+    for layer in enc.layers:
+        for norm in (layer.self_attn_layer_norm, layer.final_layer_norm):
+            norm.weight = (1.0 + 0.5 * mx.random.normal((1024,))).astype(mx.float16)
+            norm.bias = (0.5 * mx.random.normal((1024,))).astype(mx.float16)
+    x = mx.random.normal((3 * 104, 1024)).astype(mx.float16)
+    window = mx.array(np.tile(np.arange(104) // 52, (3, 1)))
+    bias = encoder.window_bias(window, mx.float16)
+    assert enc.runs_fused(x)
+    fused = np.array(enc.fused_layers(x, bias).astype(mx.float32))
+    plain = x
+    for layer in enc.layers:
+        plain = layer.compiled(plain, bias)
+    want = np.array(plain.astype(mx.float32))
+    np.testing.assert_allclose(fused, want, atol=0.02 * np.abs(want).max())
+    assert np.abs(fused - want).mean() < 2e-3 * np.abs(want).mean()

@@ -1,12 +1,16 @@
 """Fused CUDA kernels on an NVIDIA GPU (`mx.fast.cuda_kernel`), where separate MLX kernels spend their time
-moving activations rather than computing: the decoder's q/k/v norm and RoPE (`qkv_norm_rope`), the encoder's
-first convolution with its GELU (`conv1_gelu`), and bias + GELU after its other convolutions and each layer's
-fc1 (`bias_gelu`).
+moving activations rather than computing: the decoder's q/k/v norm and RoPE (`qkv_norm_rope`), residual adds
+with the norm after them (`add_norm`), the decoder MLP's SiLU gate (`silu_gate`), the encoder's first
+convolution with its GELU (`conv1_gelu`), and bias + GELU after its other convolutions and each layer's fc1
+(`bias_gelu`).
 
 `qkv_norm_rope`: after one product for q, k and v, one pass does the per-head RMSNorm of q and k, their
 RoPE and the (B, S, heads, hd) -> (B, heads, S, hd) layout SDPA takes. The separate ops (three products, two
 norms, two RoPE calls on transposed views, the copies between them) took 1.85 ms of a 4.4-ms decoder layer on
 an H100, against ~0.7 ms for the products alone (docs/performance.md).
+
+`add_norm`: a residual add and the norm that follows it (the decoder's RMSNorms, the encoder's LayerNorms) in
+one pass.
 
 The arithmetic and roundings follow the MLX ops they replace: the norm in float32 rounded to the model's
 dtype (`mx.fast.rms_norm`), then the rotation of those rounded values in float32, rounded again
@@ -74,7 +78,7 @@ _QKV_NORM_ROPE = """
         }
     }
     T* dst;
-    if (head < H) dst = q + ((b * H + head) * seq + s) * HD;
+    if (head < H) dst = q + (token * H + head) * HD;
     else if (head < H + KV) dst = k + ((b * KV + head - H) * seq + s) * HD;
     else dst = v + ((b * KV + head - H - KV) * seq + s) * HD;
     alignas(16) T out[8];
@@ -129,29 +133,220 @@ def qkv_norm_rope(
 ) -> tuple[mx.array, mx.array, mx.array]:
     """qkv (B, S, (heads + 2 kv_heads) * hd), q's heads then k's then v's -> q (B, heads, S, hd) and k, v
     (B, kv_heads, S, hd): q and k RMS-normed per head with their weights (hd,) and rotated (RoPE at position
-    = index in the row), v as it is."""
+    = index in the row), v as it is.
+
+    q is written as (B, S, heads, hd) and returned as its transposed view: MLX's cuDNN attention allocates its
+    output in q's layout, so the attention output is already (B, S, heads * hd) for the output projection,
+    where a contiguous q left a transpose copy of every layer's output (23 ms of a pass's kernels)."""
     B, S, width = qkv.shape
     hd = width // (heads + 2 * kv_heads)
     if hd not in HEAD_DIMS or hd * (heads + 2 * kv_heads) != width:
         raise ValueError(f"head dim {hd} of a {width}-wide q/k/v: the kernel needs 64, 128 or 256")
     tokens = B * S
-    return tuple(  # type: ignore[return-value]
-        _qkv_kernel()(
-            inputs=[
-                qkv,
-                q_weight,
-                k_weight,
-                rope_table(S, hd, base),
-                constant((eps,), mx.float32),
-                constant((S, tokens), mx.int32),
-            ],
-            template=[("T", qkv.dtype), ("H", heads), ("KV", kv_heads), ("HD", hd)],
-            grid=(tokens * (heads + 2 * kv_heads) * (hd // 8), 1, 1),
-            threadgroup=(256, 1, 1),
-            output_shapes=[(B, heads, S, hd), (B, kv_heads, S, hd), (B, kv_heads, S, hd)],
-            output_dtypes=[qkv.dtype] * 3,
-        )
+    q, k, v = _qkv_kernel()(
+        inputs=[
+            qkv,
+            q_weight,
+            k_weight,
+            rope_table(S, hd, base),
+            constant((eps,), mx.float32),
+            constant((S, tokens), mx.int32),
+        ],
+        template=[("T", qkv.dtype), ("H", heads), ("KV", kv_heads), ("HD", hd)],
+        grid=(tokens * (heads + 2 * kv_heads) * (hd // 8), 1, 1),
+        threadgroup=(256, 1, 1),
+        output_shapes=[(B, S, heads, hd), (B, kv_heads, S, hd), (B, kv_heads, S, hd)],
+        output_dtypes=[qkv.dtype] * 3,
     )
+    return q.transpose(0, 2, 1, 3), k, v
+
+
+# A residual add and the norm after it as one pass: s = x + y (rounded to T: the residual stream; with LIMIT,
+# clamped to +-limit as the encoder's float16 guard) and the norm of s, rounded as MLX's kernels round:
+# RMSNorm (`mx.fast.rms_norm`): s * rsqrt(mean(s^2) + eps) in float32 rounded to T, times the weight in T;
+# LayerNorm (`mx.fast.layer_norm`): (s - mean) * rsqrt(var + eps) rounded to T, times the weight, plus the bias,
+# each in T. As MLX ops the add wrote s and the norm read it back: two kernels per norm, in the decoder 56 per
+# pass of 28 layers (the adds 23 ms and the norms 19 ms of a pass's kernels, ninth session), in the encoder 48.
+# A warp per row, eight neighbouring values (16 bytes) per lane and load, the row kept in registers.
+_ADD_NORM = """
+    constexpr int PER = D / 256;  // 16-byte vectors per lane
+    auto tid = cooperative_groups::this_grid().thread_rank();
+    long long row = tid / 32;
+    int lane = tid % 32;
+    if (row >= dims[0]) return;  // row is the same for a whole warp: the shuffles below stay converged
+    float v[PER][8];
+    float total = 0.0f;
+    #pragma unroll
+    for (int p = 0; p < PER; ++p) {
+        long long at = row * D + (p * 32 + lane) * 8;
+        alignas(16) T a[8];
+        alignas(16) T b[8];
+        *reinterpret_cast<uint4*>(a) = *reinterpret_cast<const uint4*>(x + at);
+        *reinterpret_cast<uint4*>(b) = *reinterpret_cast<const uint4*>(y + at);
+        alignas(16) T sum[8];
+        #pragma unroll
+        for (int j = 0; j < 8; ++j) {
+            sum[j] = static_cast<T>(static_cast<float>(a[j]) + static_cast<float>(b[j]));
+            if constexpr (LIMIT) {
+                sum[j] = static_cast<T>(fminf(fmaxf(static_cast<float>(sum[j]), -limit[0]), limit[0]));
+            }
+            v[p][j] = static_cast<float>(sum[j]);
+            total += v[p][j];
+        }
+        *reinterpret_cast<uint4*>(s + at) = *reinterpret_cast<const uint4*>(sum);
+    }
+    float mean = 0.0f;
+    if constexpr (LAYER) {
+        #pragma unroll
+        for (int o = 16; o > 0; o >>= 1) total += __shfl_xor_sync(0xffffffff, total, o);
+        mean = total / D;
+    }
+    float ss = 0.0f;
+    #pragma unroll
+    for (int p = 0; p < PER; ++p) {
+        #pragma unroll
+        for (int j = 0; j < 8; ++j) ss += (v[p][j] - mean) * (v[p][j] - mean);
+    }
+    #pragma unroll
+    for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffff, ss, o);
+    float r = rsqrtf(ss / D + eps[0]);
+    #pragma unroll
+    for (int p = 0; p < PER; ++p) {
+        int c = (p * 32 + lane) * 8;
+        alignas(16) T w[8];
+        alignas(16) T b[8];
+        *reinterpret_cast<uint4*>(w) = *reinterpret_cast<const uint4*>(weight + c);
+        if constexpr (LAYER) *reinterpret_cast<uint4*>(b) = *reinterpret_cast<const uint4*>(bias + c);
+        alignas(16) T out[8];
+        #pragma unroll
+        for (int j = 0; j < 8; ++j) {
+            float scaled = static_cast<float>(w[j]) * static_cast<float>(static_cast<T>((v[p][j] - mean) * r));
+            if constexpr (LAYER) {
+                out[j] = static_cast<T>(static_cast<float>(static_cast<T>(scaled)) + static_cast<float>(b[j]));
+            } else {
+                out[j] = static_cast<T>(scaled);
+            }
+        }
+        *reinterpret_cast<uint4*>(normed + row * D + c) = *reinterpret_cast<const uint4*>(out);
+    }
+"""
+
+
+@cache
+def _add_norm_kernel() -> Any:
+    return mx.fast.cuda_kernel(
+        name="add_norm",
+        input_names=["x", "y", "weight", "bias", "eps", "limit", "dims"],
+        output_names=["s", "normed"],
+        source=_ADD_NORM,
+    )
+
+
+def add_norm_available(x: mx.array) -> bool:
+    """`add_norm` takes half-precision rows whose length is a multiple of 256, on an NVIDIA GPU."""
+    return on_cuda() and x.dtype in (mx.float16, mx.bfloat16) and x.shape[-1] % 256 == 0
+
+
+def add_norm(
+    x: mx.array,
+    y: mx.array,
+    weight: mx.array,
+    eps: float,
+    bias: mx.array | None = None,
+    limit: float | None = None,
+) -> tuple[mx.array, mx.array]:
+    """(s, norm(s)) for s = x + y, x and y (..., D) of one shape and dtype, clamped to +-`limit` when given:
+    RMSNorm(s) * weight, or with `bias` LayerNorm(s) * weight + bias (weight and bias (D,))."""
+    if x.shape != y.shape or x.dtype != y.dtype:
+        raise ValueError(f"add_norm takes two arrays of one shape and dtype, got {x.shape}, {y.shape}")
+    d = x.shape[-1]
+    rows = x.size // d
+    layer = bias is not None
+    s, normed = _add_norm_kernel()(
+        inputs=[
+            x,
+            y,
+            weight.astype(x.dtype),
+            bias.astype(x.dtype) if layer else constant((0,), x.dtype),
+            constant((eps,), mx.float32),
+            constant((0.0 if limit is None else limit,), mx.float32),
+            constant((rows,), mx.int32),
+        ],
+        template=[("T", x.dtype), ("D", d), ("LAYER", layer), ("LIMIT", limit is not None)],
+        grid=(rows * 32, 1, 1),
+        threadgroup=(256, 1, 1),
+        output_shapes=[x.shape, x.shape],
+        output_dtypes=[x.dtype, x.dtype],
+    )
+    return s, normed
+
+
+# The decoder MLP's activation from its stacked gate/up product: silu(gate) * up for h = (..., 2I), gate the first
+# I columns and up the last I, eight values (16 bytes) of each half per thread. MLX's compiled kernel for the same
+# on the two halves as strided views took 58.5 ms of a pass's kernels (174 us per call; on two separate products
+# 50 ms). Roundings as MLX's ops in T: sigmoid in float32 rounded, gate * sigmoid rounded, times up rounded.
+_SILU_GATE = """
+    constexpr int V = I / 8;
+    auto v = cooperative_groups::this_grid().thread_rank();
+    if (v >= static_cast<unsigned long long>(dims[0])) return;
+    unsigned long long row = v / V;
+    int c = static_cast<int>(v % V) * 8;
+    alignas(16) T g[8];
+    alignas(16) T u[8];
+    *reinterpret_cast<uint4*>(g) = *reinterpret_cast<const uint4*>(h + row * (2 * I) + c);
+    *reinterpret_cast<uint4*>(u) = *reinterpret_cast<const uint4*>(h + row * (2 * I) + I + c);
+    alignas(16) T out[8];
+    #pragma unroll
+    for (int j = 0; j < 8; ++j) {
+        float x = static_cast<float>(g[j]);
+        float sig = static_cast<float>(static_cast<T>(1.0f / (1.0f + expf(-x))));
+        out[j] = static_cast<T>(static_cast<float>(static_cast<T>(x * sig)) * static_cast<float>(u[j]));
+    }
+    *reinterpret_cast<uint4*>(act + row * I + c) = *reinterpret_cast<const uint4*>(out);
+"""
+
+
+@cache
+def _silu_gate_kernel() -> Any:
+    return mx.fast.cuda_kernel(
+        name="silu_gate",
+        input_names=["h", "dims"],
+        output_names=["act"],
+        source=_SILU_GATE,
+    )
+
+
+def silu_gate_available(h: mx.array) -> bool:
+    """`silu_gate` takes half-precision values whose last axis is a multiple of 16, on an NVIDIA GPU."""
+    return on_cuda() and h.dtype in (mx.float16, mx.bfloat16) and h.shape[-1] % 16 == 0
+
+
+def silu_gate(h: mx.array) -> mx.array:
+    """silu(h[..., :I]) * h[..., I:] for h (..., 2I): (..., I)."""
+    width = h.shape[-1] // 2
+    vectors = h.size // 16
+    return _silu_gate_kernel()(
+        inputs=[h, constant((vectors,), mx.int32)],
+        template=[("T", h.dtype), ("I", width)],
+        grid=(vectors, 1, 1),
+        threadgroup=(256, 1, 1),
+        output_shapes=[(*h.shape[:-1], width)],
+        output_dtypes=[h.dtype],
+    )[0]
+
+
+def residual_norm(
+    x: mx.array, y: mx.array, norm: nn.RMSNorm | nn.LayerNorm | None, limit: float | None = None, fused: bool = True
+) -> tuple[mx.array, mx.array | None]:
+    """(s, norm(s)) for s = x + y, clamped to +-`limit` when given; norm None: (s, None). One `add_norm` kernel
+    where it takes x (and `fused`), MLX's ops elsewhere."""
+    layer = isinstance(norm, nn.LayerNorm)
+    if fused and norm is not None and x.shape == y.shape and x.dtype == y.dtype and add_norm_available(x):
+        return add_norm(x, y, norm.weight, norm.eps, norm.bias if layer else None, limit)
+    s = x + y
+    if limit is not None:
+        s = mx.clip(s, -limit, limit)
+    return s, None if norm is None else norm(s)
 
 
 # The encoder's first convolution (one input channel, 3x3, stride 2, padding 1) with its bias, exact GELU and

@@ -19,6 +19,13 @@ from corpus_aligner.model.args import DecoderArgs
 # Whether an NVIDIA GPU takes q, k and v from one product and one fused norm + RoPE kernel
 # (`cuda_kernels.qkv_norm_rope`); False keeps the separate products and MLX ops (the A/B baseline).
 FUSED_QKV = True
+# Whether an NVIDIA GPU adds each residual and takes the RMSNorm after it in one kernel
+# (`cuda_kernels.add_norm`); False keeps the add and MLX's norm.
+FUSED_ADD_NORM = True
+# Whether a GPU runs the MLP's gate and up projections as one product of their stacked weights (one launch of
+# twice the width instead of two), on an NVIDIA GPU with the activation as one kernel of ours
+# (`cuda_kernels.silu_gate`); False keeps two products and MLX's compiled SiLU-gate.
+STACKED_GATE_UP = True
 
 
 class Attention(nn.Module):
@@ -85,19 +92,10 @@ class Attention(nn.Module):
 
 
 def stacked(module: nn.Module, names: tuple[str, ...]) -> mx.array | None:
-    """`module`'s projection weights `names` stacked along the output axis in that order, for one product
-    (cached, `derived.cached`); None where they are quantized (their weights are packed codes) or biased."""
-    layers = [module[name] for name in names]
-    parts = tuple(layer.weight for layer in layers)
-    if any("bias" in layer for layer in layers) or not all(mx.issubdtype(w.dtype, mx.floating) for w in parts):
-        return None
-
-    def build() -> mx.array:
-        weight = mx.concatenate(list(parts), axis=0)
-        mx.eval(weight)  # built once, then read by every thread's stream
-        return weight
-
-    return derived.cached(module, "stacked_" + "_".join(names), parts, build)
+    """`module`'s unbiased projection weights `names` stacked along the output axis in that order, for one product
+    (cached, `derived.stacked`); None where they are quantized (their weights are packed codes) or biased."""
+    parts = derived.stacked(module, names)
+    return None if parts is None else parts[0]
 
 
 def causal_attention(q: mx.array, k: mx.array, v: mx.array, scale: float) -> mx.array:
@@ -137,6 +135,13 @@ class MLP(nn.Module):
             return self.down_proj(bf16_matmul.silu_gate_up(x, self.gate_proj, self.up_proj))
         if fastmath.use_fast_math():
             return self.down_proj(fastmath.silu_mul(self.gate_proj(x), self.up_proj(x)))
+        gate_up = stacked(self, ("gate_proj", "up_proj")) if STACKED_GATE_UP else None
+        if gate_up is not None:
+            h = x @ gate_up.T
+            if cuda_kernels.silu_gate_available(h):
+                return self.down_proj(cuda_kernels.silu_gate(h))
+            width = self.gate_proj.weight.shape[0]
+            return self.down_proj(_silu_mul(h[..., :width], h[..., width:]))
         return self.down_proj(_silu_mul(self.gate_proj(x), self.up_proj(x)))
 
 
@@ -155,14 +160,27 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = nn.RMSNorm(args.hidden_size, eps=args.rms_norm_eps)
 
     def __call__(self, x: mx.array) -> mx.array:
-        x = x + self.self_attn(self.input_layernorm(x))
-        return x + self.mlp(self.post_attention_layernorm(x))
+        x, h = self.attend(x, self.input_layernorm(x))
+        return x + self.mlp(h)
 
-    def at_rows(self, x: mx.array, rows: mx.array) -> mx.array:
-        """The layer's output at `rows` (B, K) only: (B, K, D)."""
+    def attend(self, x: mx.array, normed: mx.array) -> tuple[mx.array, mx.array]:
+        """The residual stream after attention, x + attn(normed) with normed = input_layernorm(x), and its
+        post-attention norm (what the MLP takes)."""
+        return add_norm(x, self.self_attn(normed), self.post_attention_layernorm)
+
+    def at_rows(self, x: mx.array, rows: mx.array, normed: mx.array | None = None) -> mx.array:
+        """The layer's output at `rows` (B, K) only: (B, K, D). `normed`: input_layernorm(x), when at hand."""
+        normed = self.input_layernorm(x) if normed is None else normed
         out = mx.take_along_axis(x, rows[..., None], axis=1)
-        out = out + self.self_attn.at_rows(self.input_layernorm(x), rows)
-        return out + self.mlp(self.post_attention_layernorm(out))
+        out, h = add_norm(out, self.self_attn.at_rows(normed, rows), self.post_attention_layernorm)
+        return out + self.mlp(h)
+
+
+def add_norm(x: mx.array, y: mx.array, norm: nn.RMSNorm) -> tuple[mx.array, mx.array]:
+    """(x + y, norm(x + y)): one kernel on an NVIDIA GPU (`cuda_kernels.add_norm`)."""
+    s, normed = cuda_kernels.residual_norm(x, y, norm, fused=FUSED_ADD_NORM)
+    assert normed is not None
+    return s, normed
 
 
 class TextModel(nn.Module):
@@ -177,7 +195,16 @@ class TextModel(nn.Module):
         """(B, S, hidden) input embeddings -> final hidden states before `norm`: (B, S, hidden), or
         (B, K, hidden) at `rows` (B, K) when given (the last layer then runs at those rows only)."""
         x = embeds
-        layers = self.layers if rows is None else self.layers[:-1]
-        for layer in layers:
-            x = layer(x)
-        return x if rows is None else self.layers[-1].at_rows(x, rows)
+        n = len(self.layers) if rows is None else len(self.layers) - 1
+        if n <= 0:
+            return x if rows is None else self.layers[-1].at_rows(x, rows)
+        # Layer by layer, each residual add taken with the norm that follows it (`add_norm`): the next layer's
+        # input norm is computed with the MLP's residual add.
+        normed = self.layers[0].input_layernorm(x)
+        for i in range(n):
+            x, h = self.layers[i].attend(x, normed)
+            y = self.layers[i].mlp(h)
+            if i + 1 == len(self.layers):
+                return x + y
+            x, normed = add_norm(x, y, self.layers[i + 1].input_layernorm)
+        return self.layers[-1].at_rows(x, rows, normed)  # type: ignore[arg-type]  (rows is not None here)

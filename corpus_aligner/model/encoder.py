@@ -3,8 +3,9 @@
 The official code encodes one clip at a time. Here every 1-s chunk of a whole batch goes through the
 convolutions at once, and the transformer runs over rows of whole attention windows from all clips
 (plan.py), so a clip's output does not depend on what else is in the batch (each window only sees its own
-tokens). On a GPU each layer's work before and after its attention core is `mx.compile`d, traced once
-whatever the batch's shape.
+tokens). On an NVIDIA GPU each layer is products (biases in their epilogues), the attention core and our
+kernels (`FUSED_LAYERS`); on other GPUs its work before and after the attention core is `mx.compile`d, traced
+once whatever the batch's shape.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from corpus_aligner.model.plan import (  # noqa: F401  (re-exported: the plan is
 )
 
 FP16_CLAMP = 65504.0 - 1000.0
+QKV = ("q_proj", "k_proj", "v_proj")
 
 # Whether an NVIDIA GPU runs the first convolution with its GELU as one kernel (`cuda_kernels.conv1_gelu`);
 # False keeps the im2col product and MLX ops (the A/B baseline).
@@ -36,6 +38,15 @@ FUSED_CONV1 = True
 # Whether an NVIDIA GPU adds the bias of the 480-channel convolutions and of each layer's fc1 in one kernel with
 # their exact GELU (and the convolutions' mask), `cuda_kernels.bias_gelu`; False keeps MLX's compiled kernels.
 FUSED_GELU = True
+# Whether a GPU takes each layer's q, k and v from one product of their stacked weights, the biases added in the
+# product's epilogue (`mx.addmm`, cuBLASLt's bias epilogue on an NVIDIA GPU); False keeps three products and
+# three bias adds (compiled).
+STACKED_QKV = True
+# Whether an NVIDIA GPU runs each layer without compiled parts: q, k and v from the stacked product (as
+# `STACKED_QKV`), the output projection and fc2 with their biases in the products' epilogues (`mx.addmm`), each
+# residual add with the LayerNorm after it as one kernel (`cuda_kernels.add_norm`), fc1's bias + GELU as one
+# (`bias_gelu`). False keeps `_Compiled`.
+FUSED_LAYERS = True
 
 
 @lru_cache(maxsize=8)
@@ -117,6 +128,38 @@ class AudioEncoderLayer(nn.Module):
     def qkv(self, x: mx.array, width: int) -> tuple[mx.array, mx.array, mx.array]:
         return self.self_attn.heads(self.self_attn_layer_norm(x), width)
 
+    def qkv_stacked(self, normed: mx.array, width: int) -> tuple[mx.array, ...]:
+        """`qkv` of the normed input as one product of the stacked weight (3D, D) with the stacked bias added in
+        its epilogue. Not for a shapeless trace (an addmm in one gave wrong values, `bf16_matmul.Linear`; the
+        slices keep the traced shape). q, k and v are views of the product: the attention reads them in place
+        and writes its output in q's layout, (rows, L, H, hd), which the output projection takes without a copy."""
+        stacked = derived.stacked(self.self_attn, QKV, biased=True)
+        if stacked is None:
+            raise ValueError("the encoder's q/k/v projections are quantized or unbiased: no stacked product")
+        weight, bias = stacked
+        h = mx.addmm(bias, normed, weight.T)
+        heads = self.self_attn.num_heads
+        h = h.reshape(-1, width, 3, heads, normed.shape[-1] // heads)
+        return tuple(h[:, :, i].transpose(0, 2, 1, 3) for i in range(3))
+
+    def fused(
+        self, x: mx.array, normed: mx.array, bias: mx.array, following: nn.LayerNorm | None
+    ) -> tuple[mx.array, mx.array | None]:
+        """The layer as `FUSED_LAYERS` runs it: x (R * L, D) and normed = self_attn_layer_norm(x) -> the layer's
+        output and `following`'s norm of it (the next layer's first norm; None after the last layer)."""
+        attn = self.self_attn
+        q, k, v = self.qkv_stacked(normed, bias.shape[-1])
+        o = attention(q, k, v, attn.scale, bias).transpose(0, 2, 1, 3).reshape(x.shape)
+        y = mx.addmm(attn.out_proj.bias, o, attn.out_proj.weight.T)
+        x, h = cuda_kernels.residual_norm(x, y, self.final_layer_norm)
+        assert h is not None
+        if FUSED_GELU and cuda_kernels.bias_gelu_available(h):
+            act = cuda_kernels.bias_gelu(h @ self.fc1.weight.T, self.fc1.bias)
+        else:
+            act = gelu(self.fc1(h))
+        limit = FP16_CLAMP if x.dtype == mx.float16 else None  # the official fp16 guard, as `tail`
+        return cuda_kernels.residual_norm(x, mx.addmm(self.fc2.bias, act, self.fc2.weight.T), following, limit)
+
     def rest(self, x: mx.array, o: mx.array) -> mx.array:
         """Everything after the attention core: output projection, residuals, MLP."""
         x = x + self.self_attn.merge(o)
@@ -137,7 +180,8 @@ class AudioEncoderLayer(nn.Module):
 
 class _Compiled:
     """A layer's forward with the parts before and after the attention core `mx.compile`d (a plain
-    attribute, not a parameter), built lazily per row length. On an NVIDIA GPU the part after the attention core
+    attribute, not a parameter), built lazily per row length; q, k and v from one product of the stacked
+    weights instead (`STACKED_QKV`, not traced). On an NVIDIA GPU the part after the attention core
     is cut at fc1's product, whose bias and GELU run as one kernel of ours (`cuda_kernels.bias_gelu`: a custom
     kernel's output shape is fixed where it is called, so it stays out of the shapeless traces).
 
@@ -160,10 +204,14 @@ class _Compiled:
     def __call__(self, x: mx.array, bias: mx.array) -> mx.array:
         width = bias.shape[-1]
         with self.lock:
-            if width not in self.by_width:
-                qkv = partial(self.layer.qkv, width=width)
-                self.by_width[width] = mx.compile(qkv, inputs=self.layer, shapeless=True)
-            q, k, v = self.by_width[width](x)
+            stacked = STACKED_QKV and derived.stacked(self.layer.self_attn, QKV, biased=True) is not None
+            if stacked:
+                q, k, v = self.layer.qkv_stacked(self.layer.self_attn_layer_norm(x), width)
+            else:
+                if width not in self.by_width:
+                    qkv = partial(self.layer.qkv, width=width)
+                    self.by_width[width] = mx.compile(qkv, inputs=self.layer, shapeless=True)
+                q, k, v = self.by_width[width](x)
             o = attention(q, k, v, self.layer.self_attn.scale, bias)
             if FUSED_GELU and cuda_kernels.bias_gelu_available(x):
                 x, h = self.mid(x, o)
@@ -299,6 +347,24 @@ class AudioEncoder(nn.Module):
         x = self.conv_out(x)
         return x + sinusoids(self.args.max_source_positions, x.shape[-1])[:t].astype(x.dtype)
 
+    def runs_fused(self, x: mx.array) -> bool:
+        """Whether the layers run as `FUSED_LAYERS` says: on an NVIDIA GPU, with float q/k/v weights."""
+        return (
+            FUSED_LAYERS
+            and bool(self.layers)
+            and cuda_kernels.add_norm_available(x)
+            and derived.stacked(self.layers[0].self_attn, QKV, biased=True) is not None
+        )
+
+    def fused_layers(self, x: mx.array, bias: mx.array) -> mx.array:
+        """The layers as `AudioEncoderLayer.fused` runs them, each residual add taken with the norm after it."""
+        normed: mx.array | None = self.layers[0].self_attn_layer_norm(x)
+        for i, layer in enumerate(self.layers):
+            following = self.layers[i + 1].self_attn_layer_norm if i + 1 < len(self.layers) else None
+            assert normed is not None  # only the last layer leaves None
+            x, normed = layer.fused(x, normed, bias, following)
+        return x
+
     def __call__(self, plan: EncoderPlan) -> mx.array:
         """All valid audio tokens of the batch, clip after clip: (sum(tokens_per_clip), output_dim)."""
         dtype = self.conv2d1.weight.dtype
@@ -307,9 +373,12 @@ class AudioEncoder(nn.Module):
         x = self.downsample(chunks, plan.conv_lengths, plan.conv_piece)
         x = x.reshape(-1, x.shape[-1])[device_array(plan.slot_src)]  # (rows * width, D): enter the window rows
         bias = window_bias(device_array(plan.slot_window), x.dtype)
-        compiled = not fastmath.use_fast_math()  # the CPU's numpy attention core cannot be traced
-        for layer in self.layers:
-            x = layer.compiled(x, bias) if compiled else layer(x, bias)
+        if self.runs_fused(x):
+            x = self.fused_layers(x, bias)
+        else:
+            compiled = not fastmath.use_fast_math()  # the CPU's numpy attention core cannot be traced
+            for layer in self.layers:
+                x = layer.compiled(x, bias) if compiled else layer(x, bias)
         x = x[device_array(plan.token_slot)]  # (T, D): leave them, clip after clip
         x = self.ln_post(x)
         return self.proj2(gelu(self.proj1(x)))
