@@ -128,15 +128,12 @@ class AudioEncoderLayer(nn.Module):
     def qkv(self, x: mx.array, width: int) -> tuple[mx.array, mx.array, mx.array]:
         return self.self_attn.heads(self.self_attn_layer_norm(x), width)
 
-    def qkv_stacked(self, normed: mx.array, width: int) -> tuple[mx.array, ...]:
+    def qkv_stacked(self, normed: mx.array, width: int, weight: mx.array, bias: mx.array) -> tuple[mx.array, ...]:
         """`qkv` of the normed input as one product of the stacked weight (3D, D) with the stacked bias added in
-        its epilogue. Not for a shapeless trace (an addmm in one gave wrong values, `bf16_matmul.Linear`; the
-        slices keep the traced shape). q, k and v are views of the product: the attention reads them in place
-        and writes its output in q's layout, (rows, L, H, hd), which the output projection takes without a copy."""
-        stacked = derived.stacked(self.self_attn, QKV, biased=True)
-        if stacked is None:
-            raise ValueError("the encoder's q/k/v projections are quantized or unbiased: no stacked product")
-        weight, bias = stacked
+        its epilogue (both from `derived.stacked(self_attn, QKV, biased=True)`). Not for a shapeless trace (an
+        addmm in one gave wrong values, `bf16_matmul.Linear`; the slices keep the traced shape). q, k and v are
+        views of the product: the attention reads them in place and writes its output in q's layout,
+        (rows, L, H, hd), which the output projection takes without a copy."""
         h = mx.addmm(bias, normed, weight.T)
         heads = self.self_attn.num_heads
         h = h.reshape(-1, width, 3, heads, normed.shape[-1] // heads)
@@ -148,7 +145,10 @@ class AudioEncoderLayer(nn.Module):
         """The layer as `FUSED_LAYERS` runs it: x (R * L, D) and normed = self_attn_layer_norm(x) -> the layer's
         output and `following`'s norm of it (the next layer's first norm; None after the last layer)."""
         attn = self.self_attn
-        q, k, v = self.qkv_stacked(normed, bias.shape[-1])
+        stacked = derived.stacked(attn, QKV, biased=True)
+        if stacked is None:
+            raise ValueError("the encoder's q/k/v projections are quantized or unbiased: no stacked product")
+        q, k, v = self.qkv_stacked(normed, bias.shape[-1], *stacked)
         o = attention(q, k, v, attn.scale, bias).transpose(0, 2, 1, 3).reshape(x.shape)
         y = mx.addmm(attn.out_proj.bias, o, attn.out_proj.weight.T)
         x, h = cuda_kernels.residual_norm(x, y, self.final_layer_norm)
@@ -204,9 +204,9 @@ class _Compiled:
     def __call__(self, x: mx.array, bias: mx.array) -> mx.array:
         width = bias.shape[-1]
         with self.lock:
-            stacked = STACKED_QKV and derived.stacked(self.layer.self_attn, QKV, biased=True) is not None
-            if stacked:
-                q, k, v = self.layer.qkv_stacked(self.layer.self_attn_layer_norm(x), width)
+            stacked = derived.stacked(self.layer.self_attn, QKV, biased=True) if STACKED_QKV else None
+            if stacked is not None:
+                q, k, v = self.layer.qkv_stacked(self.layer.self_attn_layer_norm(x), width, *stacked)
             else:
                 if width not in self.by_width:
                     qkv = partial(self.layer.qkv, width=width)
