@@ -3,6 +3,8 @@ on the device machine, `python -m pytest -q tests/test_cuda_kernels.py`; elsewhe
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
@@ -270,3 +272,22 @@ def test_encoder_layers_do_not_depend_on_the_fused_layers_switch(monkeypatch: py
     want = np.array(plain.astype(mx.float32))
     np.testing.assert_allclose(fused, want, atol=0.02 * np.abs(want).max())
     assert np.abs(fused - want).mean() < 2e-3 * np.abs(want).mean()
+
+
+def test_batch_sent_in_one_copy_gives_the_same_outputs(
+    tiny_checkpoint_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`run_batch` with the batch's host arrays sent through page-locked memory in one copy (`device_arrays.send`)
+    against each array made on its own: the same values reach the same kernels."""
+    from corpus_aligner import Aligner, api
+    from corpus_aligner.model import device_arrays
+
+    aligner = Aligner.from_pretrained(tiny_checkpoint_dir)
+    rng = np.random.default_rng(4)
+    feats = [rng.standard_normal((n, 128)).astype(aligner.feature_dtype) for n in (260, 90, 1234)]
+    inputs = aligner.prepare_batch(feats, [["a", "b"], ["c", "d", "e"], ["f"]])
+    sent = aligner.run_batch(inputs)
+    monkeypatch.setattr(api, "send", lambda arrays: [device_arrays.device_array(a) for a in arrays])
+    alone = aligner.run_batch(inputs)
+    np.testing.assert_array_equal(sent[0], alone[0])
+    np.testing.assert_array_equal(sent[1], alone[1])

@@ -10,7 +10,8 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "corpus_aligner"
 MODEL_ALLOWED = {
     *("mlx", "numpy", "corpus_aligner", "__future__", "collections", "dataclasses", "functools", "math"),
-    *("threading", "typing"),
+    *("threading", "typing", "contextlib", "warnings"),
+    "ctypes",  # the CUDA driver's page-locked host memory (`device_arrays.send`): device memory, not file I/O
 }
 
 

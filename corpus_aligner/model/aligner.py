@@ -6,6 +6,8 @@ Attribute names equal the checkpoint keys after the `thinker.` prefix is strippe
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import mlx.core as mx
 import mlx.nn as nn
 
@@ -27,14 +29,22 @@ class ForcedAligner(nn.Module):
         self.model = TextModel(args.decoder)
         self.lm_head = bf16_matmul.Linear(args.decoder.hidden_size, args.classify_num, bias=False)
 
-    def __call__(self, input_ids: mx.array, audio_src: mx.array, slots: mx.array, plan: EncoderPlan) -> mx.array:
+    def __call__(
+        self,
+        input_ids: mx.array,
+        audio_src: mx.array,
+        slots: mx.array,
+        plan: EncoderPlan,
+        plan_arrays: Sequence[mx.array] | None = None,
+    ) -> mx.array:
         """Logits at the timestamp slots.
 
         input_ids (B, S) right-padded; audio_src (B, S) row of the encoder output that replaces each
         `<|audio_pad|>` (-1 elsewhere); slots (B, K) position of each `<timestamp>` (padded slots may
-        repeat any position). Returns (B, K, classify_num).
+        repeat any position); plan_arrays: the plan's device arrays if already sent (`AudioEncoder`).
+        Returns (B, K, classify_num).
         """
-        audio = self.audio_tower(plan)  # (T, D)
+        audio = self.audio_tower(plan, plan_arrays)  # (T, D)
         embeds = self.model.embed_tokens(input_ids)  # (B, S, D)
         zero = constant(0, audio_src.dtype)  # not a Python 0: `device_arrays`
         is_audio = (audio_src >= zero)[..., None]

@@ -11,7 +11,7 @@ once whatever the batch's shape.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import lru_cache, partial
 
 import mlx.core as mx
@@ -22,6 +22,7 @@ from corpus_aligner.model import bf16_matmul, cpu_attention, cuda_kernels, deriv
 from corpus_aligner.model.args import EncoderArgs
 from corpus_aligner.model.device_arrays import constant, device_array
 from corpus_aligner.model.plan import (  # noqa: F401  (re-exported: the plan is part of the encoder's API)
+    DEVICE_FIELDS,
     ENCODER_ATTENTION_MODES,
     EncoderPlan,
     audio_token_count,
@@ -365,20 +366,25 @@ class AudioEncoder(nn.Module):
             x, normed = layer.fused(x, normed, bias, following)
         return x
 
-    def __call__(self, plan: EncoderPlan) -> mx.array:
-        """All valid audio tokens of the batch, clip after clip: (sum(tokens_per_clip), output_dim)."""
+    def __call__(self, plan: EncoderPlan, arrays: Sequence[mx.array] | None = None) -> mx.array:
+        """All valid audio tokens of the batch, clip after clip: (sum(tokens_per_clip), output_dim).
+
+        arrays: the plan's `DEVICE_FIELDS` already on the device (`device_arrays.send`), else made here."""
         dtype = self.conv2d1.weight.dtype
-        chunks = mx.array(plan.chunks)  # a cast to the model's dtype copies into device memory anyway
-        chunks = chunks.astype(dtype) if chunks.dtype != dtype else device_array(chunks)
-        x = self.downsample(chunks, plan.conv_lengths, plan.conv_piece)
-        x = x.reshape(-1, x.shape[-1])[device_array(plan.slot_src)]  # (rows * width, D): enter the window rows
-        bias = window_bias(device_array(plan.slot_window), x.dtype)
+        if arrays is None:
+            chunks = mx.array(plan.chunks)  # a cast to the model's dtype copies into device memory anyway
+            chunks = chunks if chunks.dtype != dtype else device_array(chunks)
+            arrays = [chunks, *(device_array(getattr(plan, f)) for f in DEVICE_FIELDS[1:])]
+        chunks, slot_src, slot_window, token_slot = arrays
+        x = self.downsample(chunks.astype(dtype), plan.conv_lengths, plan.conv_piece)
+        x = x.reshape(-1, x.shape[-1])[slot_src]  # (rows * width, D): enter the window rows
+        bias = window_bias(slot_window, x.dtype)
         if self.runs_fused(x):
             x = self.fused_layers(x, bias)
         else:
             compiled = not fastmath.use_fast_math()  # the CPU's numpy attention core cannot be traced
             for layer in self.layers:
                 x = layer.compiled(x, bias) if compiled else layer(x, bias)
-        x = x[device_array(plan.token_slot)]  # (T, D): leave them, clip after clip
+        x = x[token_slot]  # (T, D): leave them, clip after clip
         x = self.ln_post(x)
         return self.proj2(gelu(self.proj1(x)))

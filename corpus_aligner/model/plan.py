@@ -37,6 +37,10 @@ def audio_token_count(n_frames: int, chunk_frames: int = 100) -> int:
     return full * per_chunk + (int(conv_output_tokens(np.array(rest))) if rest else 0)
 
 
+# The plan's arrays the encoder reads on the device, in the order `AudioEncoder.__call__` takes them.
+DEVICE_FIELDS = ("chunks", "slot_src", "slot_window", "token_slot")
+
+
 @dataclass(frozen=True)
 class EncoderPlan:
     """Host-side index arrays that lay a batch of clips out as chunks and as rows of attention windows."""
