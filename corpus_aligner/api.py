@@ -29,7 +29,7 @@ from corpus_aligner.frontend import log_mel
 from corpus_aligner.mlx_threads import worker_threads
 from corpus_aligner.model import ForcedAligner, bf16_matmul
 from corpus_aligner.model.device_arrays import send
-from corpus_aligner.model.encoder import DEVICE_FIELDS, EncoderPlan, audio_token_count, plan_batch
+from corpus_aligner.model.encoder import EncoderPlan, audio_token_count, plan_batch
 from corpus_aligner.model_processes import ModelProcesses, ProcessSpec
 from corpus_aligner.normalize import split_words
 from corpus_aligner.prefetch import ordered_map
@@ -298,8 +298,7 @@ class Aligner:
         m = inputs.model
         if m is None:
             return np.zeros((0, 0), np.int64), np.zeros((0, 0), np.float32)
-        plan_arrays = [getattr(m.plan, f) for f in DEVICE_FIELDS]
-        *sent, ids, src, slots = send([*plan_arrays, m.input_ids, m.audio_src, m.slots])  # one copy on a GPU
+        *sent, ids, src, slots = send([*m.plan.device_inputs(), m.input_ids, m.audio_src, m.slots])  # one copy
         logits = self.model(ids, src, slots, m.plan, sent)
         logits = logits.astype(mx.float32)
         classes = mx.argmax(logits, axis=-1)

@@ -143,6 +143,17 @@ def layout(arrays: Sequence[np.ndarray]) -> tuple[list[int], int]:
     return offsets, max(block, -(-end // block) * block)
 
 
+_MX_DTYPES = {
+    np.dtype(np.float16): mx.float16,
+    np.dtype(np.float32): mx.float32,
+    np.dtype(np.int32): mx.int32,
+    np.dtype(np.int64): mx.int64,
+    np.dtype(np.uint32): mx.uint32,
+    np.dtype(np.uint8): mx.uint8,
+    np.dtype(np.bool_): mx.bool_,
+}
+
+
 def send(arrays: Sequence[np.ndarray]) -> list[mx.array]:
     """`device_array` of each of `arrays`, in one copy on an NVIDIA GPU through this thread's page-locked
     buffer (the next `send` in the thread first waits for that copy). Elsewhere, or where the driver refuses
@@ -177,14 +188,3 @@ def send(arrays: Sequence[np.ndarray]) -> list[mx.array]:
     )[0]
     _staging.last = staged
     return [staged[at : at + a.nbytes].view(_MX_DTYPES[a.dtype]).reshape(a.shape) for a, at in zip(arrays, offsets)]
-
-
-_MX_DTYPES = {
-    np.dtype(np.float16): mx.float16,
-    np.dtype(np.float32): mx.float32,
-    np.dtype(np.int32): mx.int32,
-    np.dtype(np.int64): mx.int64,
-    np.dtype(np.uint32): mx.uint32,
-    np.dtype(np.uint8): mx.uint8,
-    np.dtype(np.bool_): mx.bool_,
-}

@@ -20,9 +20,8 @@ import numpy as np
 
 from corpus_aligner.model import bf16_matmul, cpu_attention, cuda_kernels, derived, fastmath
 from corpus_aligner.model.args import EncoderArgs
-from corpus_aligner.model.device_arrays import constant, device_array
+from corpus_aligner.model.device_arrays import constant, send
 from corpus_aligner.model.plan import (  # noqa: F401  (re-exported: the plan is part of the encoder's API)
-    DEVICE_FIELDS,
     ENCODER_ATTENTION_MODES,
     EncoderPlan,
     audio_token_count,
@@ -369,14 +368,9 @@ class AudioEncoder(nn.Module):
     def __call__(self, plan: EncoderPlan, arrays: Sequence[mx.array] | None = None) -> mx.array:
         """All valid audio tokens of the batch, clip after clip: (sum(tokens_per_clip), output_dim).
 
-        arrays: the plan's `DEVICE_FIELDS` already on the device (`device_arrays.send`), else made here."""
-        dtype = self.conv2d1.weight.dtype
-        if arrays is None:
-            chunks = mx.array(plan.chunks)  # a cast to the model's dtype copies into device memory anyway
-            chunks = chunks if chunks.dtype != dtype else device_array(chunks)
-            arrays = [chunks, *(device_array(getattr(plan, f)) for f in DEVICE_FIELDS[1:])]
-        chunks, slot_src, slot_window, token_slot = arrays
-        x = self.downsample(chunks.astype(dtype), plan.conv_lengths, plan.conv_piece)
+        arrays: the plan's `device_inputs` already on the device (`device_arrays.send`), else sent here."""
+        chunks, slot_src, slot_window, token_slot = send(plan.device_inputs()) if arrays is None else arrays
+        x = self.downsample(chunks.astype(self.conv2d1.weight.dtype), plan.conv_lengths, plan.conv_piece)
         x = x.reshape(-1, x.shape[-1])[slot_src]  # (rows * width, D): enter the window rows
         bias = window_bias(slot_window, x.dtype)
         if self.runs_fused(x):

@@ -37,10 +37,6 @@ def audio_token_count(n_frames: int, chunk_frames: int = 100) -> int:
     return full * per_chunk + (int(conv_output_tokens(np.array(rest))) if rest else 0)
 
 
-# The plan's arrays the encoder reads on the device, in the order `AudioEncoder.__call__` takes them.
-DEVICE_FIELDS = ("chunks", "slot_src", "slot_window", "token_slot")
-
-
 @dataclass(frozen=True)
 class EncoderPlan:
     """Host-side index arrays that lay a batch of clips out as chunks and as rows of attention windows."""
@@ -52,6 +48,10 @@ class EncoderPlan:
     token_slot: np.ndarray  # (n_tokens,) slot of each valid token, clip after clip
     tokens_per_clip: tuple[int, ...]
     conv_piece: int = 0  # run the convs over this many chunks at a time (0: all at once)
+
+    def device_inputs(self) -> list[np.ndarray]:
+        """The arrays the encoder reads on the device, in the order `AudioEncoder.__call__` takes them."""
+        return [self.chunks, self.slot_src, self.slot_window, self.token_slot]
 
     @property
     def width(self) -> int:
