@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from time import perf_counter
 from typing import Any, TypeVar
 
 import mlx.core as mx
@@ -25,7 +27,7 @@ from corpus_aligner.batching import OVERHEAD_SHARE, pack_batches, padding_fracti
 from corpus_aligner.checkpoint import CheckpointInfo, load_model, read_config, resolve
 from corpus_aligner.decode import decode_words
 from corpus_aligner.errors import AlignerError, AudioError, TooLongError
-from corpus_aligner.frontend import log_mel
+from corpus_aligner.frontend import N_MELS, log_mel
 from corpus_aligner.mlx_threads import worker_threads
 from corpus_aligner.model import ForcedAligner, bf16_matmul
 from corpus_aligner.model.device_arrays import send
@@ -152,6 +154,8 @@ class Aligner:
         if self.device == "cpu":
             cpu_blas.set_threads(max(1, (os.cpu_count() or 1) // self.workers))
         self.args = model.args
+        self._warm_lock = threading.Lock()
+        self._warm = False
 
     @classmethod
     def from_pretrained(
@@ -258,6 +262,26 @@ class Aligner:
         return padding_fraction(lengths, batches, self.shapes.rows, self.shapes.positions)
 
     # ----- alignment ---------------------------------------------------------------------------
+    def warm_up(self) -> float:
+        """Build every GPU kernel a pass uses with two one-utterance passes, in the calling thread, before batch
+        threads would each meet them at once; returns the seconds it took (0 once done, on the CPU, or with
+        model processes).
+
+        MLX compiles each custom CUDA kernel (`model.cuda_kernels`) with NVRTC on its first call, ~1.3 s
+        apiece, ~16 s for a pass on an H200, in every process (they are not cached on disk), and keeps them in
+        one process-wide map that has no lock: two batch threads that start at once would both compile into
+        it. One pass has a clip shorter than a 1-s chunk (the length-masked conv kernels), one a clip of two."""
+        with self._warm_lock:
+            if self._warm or self.device != "gpu" or self.processes is not None:
+                return 0.0
+            start = perf_counter()
+            chunk = self.args.encoder.chunk_frames
+            for frames in (chunk // 2, chunk + chunk // 2):
+                feats = np.random.default_rng(frames).standard_normal((frames, N_MELS)).astype(self.feature_dtype)
+                self.align_features([feats], [["warm", "up"]])
+            self._warm = True
+            return perf_counter() - start
+
     def align_features(self, features: Sequence[np.ndarray], words: Sequence[Sequence[str]]) -> list[list[AlignedWord]]:
         """Align exactly these utterances in one forward pass.
 
@@ -369,6 +393,7 @@ class Aligner:
             yield from (self._align_or_error(f, w) for f, w in batches)
             return
         lanes = worker_threads(self.workers)
+        lanes.submit(self.warm_up).result()  # in a lane: a thread that lives as long as MLX's state does
         host = ThreadPoolExecutor(1, thread_name_prefix="batch-inputs")  # numpy only: no MLX state
         prepared = ordered_map(
             lambda batch: host.submit(_or_error, self.prepare_batch, *batch), batches, self.workers + 1

@@ -300,12 +300,20 @@ def run_with(cfg: AppConfig, session: Session, loaders: Executor | None, writers
     aligner, store = session.aligner, session.store
     runner = BatchRunner(aligner, cfg.align)
     write = BatchWriter(store, cfg.output.textgrid, cfg.align, runner.tick_s)
+    # Up to `aligner.workers` batches align at once, each on its own MLX stream (a GPU overlaps one batch's
+    # host work with another's kernels; the CPU default is one, in this thread). One lane first builds the GPU
+    # kernels while the corpus is prepared (`Aligner.warm_up`: not two lanes at once).
+    lanes = worker_threads(aligner.workers) if aligner.workers > 1 else None
+    warm = lanes.submit(aligner.warm_up) if lanes and session.todo else None
     with GracefulStop() as stop:
         with runner.timed("prepare"):
             prepared, failed = prepare(session.todo, cfg.align, runner.tick_s, aligner, loaders)
         store.write_batch(words_frame([]), utterances_frame(failed))
         batches = plan_batches(prepared, cfg, aligner)
         audio_s = sum(p.duration_s for p in prepared)
+        if warm is not None:
+            with runner.timed("warm_up_wait"):
+                runner.add_time("warm_up", warm.result())
         loop_start, done_s, n_batches = perf_counter(), 0.0, 0
         item_lists = [[prepared[i] for i in batch] for batch in batches]
         # Loaded in pieces of a few utterances, so that every loader works on the next batches at once.
@@ -343,9 +351,6 @@ def run_with(cfg: AppConfig, session: Session, loaders: Executor | None, writers
             ) -> tuple[list[Prepared], Loaded, list[Aligned | AlignerError]]:
                 return job[0], job[1], runner.timed_align(job[1])
 
-            # Up to `aligner.workers` batches align at once, each on its own MLX stream (a GPU overlaps one
-            # batch's host work with another's kernels; the CPU default is one, in this thread).
-            lanes = worker_threads(aligner.workers) if aligner.workers > 1 else None
             for items, loaded, results in ordered_map(
                 (lambda job: lanes.submit(aligned, job)) if lanes else (lambda job: done_future(aligned, job)),
                 loaded_batches(),

@@ -8,6 +8,7 @@ must be identical whenever every slot's top-1/top-2 margin in the oracle exceeds
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -213,6 +214,33 @@ def test_model_processes_give_this_process_words_and_keep_each_batch_error_in_it
     assert probs == [[w.start_prob for w in r] for r in expected[0]]
     assert set(shm.glob("psm_*")) <= before
     assert len(started) == 2 and not any(p.is_alive() for p in started) and there.processes is None
+
+
+def test_warm_up_builds_a_gpu_pass_once_in_a_lane_before_any_batch(ckpt, tmp_path, monkeypatch):
+    """On a GPU, `align_batches` first runs `warm_up` in one batch thread, alone: a pass on a clip shorter than
+    a 1-s chunk (the length-masked conv kernels) and one on a clip of two chunks, once per aligner; on the CPU
+    nothing."""
+    aligner = Aligner.from_pretrained(ckpt, workers=2)
+    assert aligner.warm_up() == 0.0  # the CPU: nothing to build
+    aligner.device = "gpu"  # what it does on a GPU, run on this CPU
+    passes: list[tuple[str, bool, list[list[str]]]] = []
+    run = Aligner.run_batch
+
+    def record(self, inputs):
+        passes.append((threading.current_thread().name, inputs.model.plan.conv_lengths is None, inputs.words))
+        return run(self, inputs)
+
+    monkeypatch.setattr(Aligner, "run_batch", record)
+    names = sorted(CASES)[:2]
+    feats = [log_mel(load_audio(str(case_audio(n, tmp_path)))) for n in names]
+    words = [split_words(CASES[n][2], CASES[n][3]) for n in names]
+    out = list(aligner.align_batches([(feats, words)] * 3))
+    assert [(whole, w) for _, whole, w in passes[:2]] == [(False, [["warm", "up"]]), (True, [["warm", "up"]])]
+    assert len(passes) == 5 and all(w == words for _, _, w in passes[2:])
+    assert all(name.startswith("mlx-worker") for name, _, _ in passes)
+    assert timing(out[0]) == timing(aligner.align_features(feats, words))
+    list(aligner.align_batches([(feats, words)]))
+    assert len(passes) == 7 and aligner.warm_up() == 0.0  # built once
 
 
 def test_align_batches_reads_ahead_a_bounded_number_of_batches(ckpt, tmp_path):

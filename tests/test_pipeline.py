@@ -6,6 +6,7 @@ clamped); these tests check bookkeeping and invariants, never the times' values.
 
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -213,6 +214,34 @@ def test_loader_writer_and_model_lanes_change_nothing(
     )
     for g in grids:
         assert (tmp_path / "plain" / g).read_bytes() == (tmp_path / "lanes" / g).read_bytes()
+
+
+def test_gpu_lanes_start_after_one_lane_has_built_the_kernels(
+    tmp_path: Path, tiny_checkpoint_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With two model lanes on a GPU, one lane runs `Aligner.warm_up` while the corpus is prepared and the batch
+    passes start only after it; run.json gives its time."""
+    corpus = tiny_librispeech(tmp_path / "corpus", speakers=2, utterances=3)
+    monkeypatch.setattr("corpus_aligner.api.default_workers", lambda device: 2)
+    init, run = Aligner.__init__, Aligner.run_batch
+
+    def on_gpu(self: Aligner, *args: object, **kwargs: object) -> None:
+        init(self, *args, **kwargs)  # type: ignore[arg-type]
+        self.device = "gpu"  # what the runner does on a GPU, run on this CPU
+
+    passes: list[bool] = []
+
+    def record(self: Aligner, inputs):
+        passes.append(inputs.words == [["warm", "up"]])
+        return run(self, inputs)
+
+    monkeypatch.setattr(Aligner, "__init__", on_gpu)
+    monkeypatch.setattr(Aligner, "run_batch", record)
+    result = pipeline.run(config(corpus.root, tmp_path / "out", tiny_checkpoint_dir, max_utterances=2))
+    assert result.report["utterances"]["aligned"] == 6
+    assert passes[:2] == [True, True] and not any(passes[2:]) and len(passes) >= 5
+    timings = json.loads((tmp_path / "out" / "run.json").read_text())["timings_s"]
+    assert timings["warm_up"] > 0 and timings["warm_up_wait"] >= 0
 
 
 def test_model_processes_change_nothing(
