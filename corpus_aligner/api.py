@@ -27,7 +27,7 @@ from corpus_aligner.batching import OVERHEAD_SHARE, pack_batches, padding_fracti
 from corpus_aligner.checkpoint import CheckpointInfo, load_model, read_config, resolve
 from corpus_aligner.decode import decode_words
 from corpus_aligner.errors import AlignerError, AudioError, TooLongError
-from corpus_aligner.frontend import N_MELS, log_mel
+from corpus_aligner.frontend import log_mel
 from corpus_aligner.mlx_threads import worker_threads
 from corpus_aligner.model import ForcedAligner, bf16_matmul
 from corpus_aligner.model.device_arrays import send
@@ -275,9 +275,10 @@ class Aligner:
             if self._warm or self.device != "gpu" or self.processes is not None:
                 return 0.0
             start = perf_counter()
-            chunk = self.args.encoder.chunk_frames
-            for frames in (chunk // 2, chunk + chunk // 2):
-                feats = np.random.default_rng(frames).standard_normal((frames, N_MELS)).astype(self.feature_dtype)
+            enc = self.args.encoder
+            for frames in (enc.chunk_frames // 2, enc.chunk_frames * 3 // 2):
+                feats = np.random.default_rng(frames).standard_normal((frames, enc.num_mel_bins))
+                feats = feats.astype(self.feature_dtype)
                 self.align_features([feats], [["warm", "up"]])
             self._warm = True
             return perf_counter() - start
