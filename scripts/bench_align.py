@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import subprocess
 import sys
 import time
@@ -251,14 +252,23 @@ def run_pipeline(
     args: argparse.Namespace, corpus: Any, extra: list[str] | None = None, tag: str = ""
 ) -> dict[str, Any]:
     """The corpus runner as shipped (`python -m corpus_aligner`), its own throughput figure."""
-    out_dir = args.out / f"pipeline-1x{tag}"
+    out_dir = (args.out / f"pipeline-1x{tag}").resolve()
     subprocess.run(["rm", "-rf", str(out_dir)], check=True)
-    cmd = [sys.executable, "-m", "corpus_aligner", f"corpus.root={corpus.corpus_root}", "corpus.parts=[bench-0]",
-           f"model.path={corpus.checkpoint}", f"batch={args.device}", f"output.dir={out_dir}",
+    cmd = [sys.executable, "-m", "corpus_aligner", f"corpus.root={corpus.corpus_root.resolve()}",
+           "corpus.parts=[bench-0]", f"model.path={corpus.checkpoint.resolve()}", f"batch={args.device}",
+           f"output.dir={out_dir}",
            "output.progress=false", *([f"model.cpu_matmul={args.cpu_matmul}"] if args.cpu_matmul else []),
            *(extra or [])]  # fmt: skip
+    # The same package as this process imported: `python -m` puts its working directory first on sys.path, so
+    # it runs from the output folder, with the package's parent first on PYTHONPATH (an A/B of another
+    # checkout's code then times that code, not the repository's).
+    import corpus_aligner
+
+    package_root = str(Path(corpus_aligner.__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+    out_dir.mkdir(parents=True)
     t = time.perf_counter()
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=out_dir, env=env)
     wall = time.perf_counter() - t
     if done.returncode:
         return {"error": done.stderr[-2000:]}
