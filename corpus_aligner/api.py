@@ -268,7 +268,7 @@ class Aligner:
         model processes).
 
         MLX compiles each custom CUDA kernel (`model.cuda_kernels`) with NVRTC on its first call, ~1.3 s
-        apiece, ~16 s for a pass on an H200, in every process (they are not cached on disk), and keeps them in
+        apiece, 17-23 s for a pass on an H200, in every process (they are not cached on disk), and keeps them in
         one process-wide map that has no lock: two batch threads that start at once would both compile into
         it. One pass has a clip shorter than a 1-s chunk (the length-masked conv kernels), one a clip of two."""
         with self._warm_lock:
