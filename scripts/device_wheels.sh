@@ -39,6 +39,6 @@ Three calls in a row (the machine stays warm ~30 s after each):
     python3 -m pip install -q --no-index --no-deps --no-compile --target /root/site $S/*.whl &&
     export PYTHONPATH=/root/site:$PWD PYTHONUNBUFFERED=1 &&
     python3 -m pytest -q -p no:cacheprovider -p no:timeout tests/test_cuda_kernels.py &&
-    python3 scripts/bench_align.py --device gpu --utterances 1000 --scale 4 --pipeline --official-batch 32,64 \
+    python3 scripts/bench_align.py --device gpu --utterances 1000 --scale 4 --pipeline --official-batch 32,64,128 \
       --tokenizer-files $S/dev/tokenizer --text-root $S/dev/text --json $OUT/bench.json 2>&1 | tee $OUT/bench.log
 TXT
