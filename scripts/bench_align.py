@@ -209,7 +209,8 @@ def run_all(args: argparse.Namespace, sides: dict[str, Side], corpus: Any) -> di
 def run_official_alone(args: argparse.Namespace, official: Side) -> dict[str, Any]:
     """The official side over the whole 1x corpus at each batch size; its best is its figure. An untimed pass at
     the first size comes first: on an H200 the first timed size ran at 287-300 audio-s/s, the same size later in
-    the same process at 505-533 (torch's per-shape library set-up), which made the order of the sizes decide."""
+    the same process at 505-533 (first-use costs not covered by its 8-utterance warm-up), so the order of the
+    sizes decided."""
     out: dict[str, Any] = {"official_info": official.ready}
     sizes = [int(b) for b in (args.official_batch or "32,64,128").split(",")]
     cold = attempt(
