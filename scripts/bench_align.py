@@ -163,7 +163,7 @@ def run_all(args: argparse.Namespace, sides: dict[str, Side], corpus: Any) -> di
     if official:
         out["official_info"] = official.ready
     rounds = args.rounds or (4 if args.device == "cpu" else 1)
-    batch_sizes = [int(b) for b in (args.official_batch or ("1" if args.device == "cpu" else "32,64,128")).split(",")]
+    batch_sizes = official_batch_sizes(args)
     ours_e2e, official_e2e = [], []
     if args.device == "gpu":  # MLX builds kernels per new shape: a first pass shows that cost, then warm figures
         res = attempt(
@@ -206,23 +206,24 @@ def run_all(args: argparse.Namespace, sides: dict[str, Side], corpus: Any) -> di
     return out
 
 
+def official_batch_sizes(args: argparse.Namespace) -> list[int]:
+    """The official batch sizes to try: `--official-batch`, else 1 on the CPU and 32, 64, 128 on a GPU."""
+    return [int(b) for b in (args.official_batch or ("1" if args.device == "cpu" else "32,64,128")).split(",")]
+
+
 def run_official_alone(args: argparse.Namespace, official: Side) -> dict[str, Any]:
     """The official side over the whole 1x corpus at each batch size; its best is its figure. An untimed pass at
     the first size comes first: on an H200 the first timed size ran at 287-300 audio-s/s, the same size later in
     the same process at 505-533 (first-use costs not covered by its 8-utterance warm-up), so the order of the
     sizes decided."""
     out: dict[str, Any] = {"official_info": official.ready}
-    sizes = [int(b) for b in (args.official_batch or "32,64,128").split(",")]
-    cold = attempt(
-        f"official e2e batch {sizes[0]}, untimed warm pass", official,
-        {"cmd": "e2e", "batch": sizes[0], "first": 0, "stop": args.utterances},
-    )  # fmt: skip
+    sizes = official_batch_sizes(args)
+    whole = {"cmd": "e2e", "first": 0, "stop": args.utterances}
+    cold = attempt(f"official e2e batch {sizes[0]}, untimed warm pass", official, {**whole, "batch": sizes[0]})
     if cold:
         out["official_cold"] = cold
     for bs in sizes:
-        res = attempt(
-            f"official e2e batch {bs}", official, {"cmd": "e2e", "batch": bs, "first": 0, "stop": args.utterances}
-        )
+        res = attempt(f"official e2e batch {bs}", official, {**whole, "batch": bs})
         if res:
             out.setdefault("official_by_batch", {})[bs] = res
     if out.get("official_by_batch"):
